@@ -1,0 +1,204 @@
+"""All of FaceLock's settings, typed, in one place.
+
+Sources, highest priority first: CLI flags (passed as keyword arguments), environment variables
+(`FACELOCK_*`, nested with `__`, e.g. `FACELOCK_MQTT__HOST`), the add-on's `/data/options.json`
+(or the file named by `FACELOCK_OPTIONS_FILE`), then the defaults below. Each stage receives only
+its own section. A wrong value fails at start with the setting's name and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ConfigError
+
+DEFAULT_OPTIONS_FILE = Path("/data/options.json")
+
+
+class Section(BaseModel):
+    """A closed settings section: an unknown key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(Section):
+    bundle: Path | None = Field(
+        None,
+        description="Folder of a model bundle (manifest.json) or an insightface model pack; "
+        "empty serves the default YuNet + SFace bundle.",
+    )
+    threads: int = Field(2, ge=1, le=64, description="CPU threads for each ONNX model.")
+    detect_size: int = Field(
+        640, ge=128, le=1920, description="Longest side, in pixels, frames are scaled to for face detection."
+    )
+    min_detection_score: float = Field(0.6, ge=0.1, le=0.99, description="Detector confidence below which a box is ignored.")
+
+
+class QualitySettings(Section):
+    min_face_px: int = Field(40, ge=16, le=1000, description="Smallest face (inter-ocular box side) accepted, in pixels.")
+    min_blur: float = Field(
+        15.0, ge=0.0, description="Least Laplacian variance of the aligned face; lower is too blurred."
+    )
+    min_brightness: float = Field(40.0, ge=0.0, le=255.0, description="Least mean brightness of the aligned face.")
+    max_brightness: float = Field(225.0, ge=0.0, le=255.0, description="Greatest mean brightness of the aligned face.")
+    max_yaw: float = Field(
+        0.35, ge=0.0, le=1.0, description="Greatest head-turn proxy (nose offset from the eye midline / eye distance)."
+    )
+
+    @model_validator(mode="after")
+    def _brightness_range(self) -> QualitySettings:
+        if self.min_brightness >= self.max_brightness:
+            raise ValueError("min_brightness must be below max_brightness")
+        return self
+
+
+class MatchSettings(Section):
+    target_far: float = Field(
+        1e-5,
+        gt=0.0,
+        lt=0.01,
+        description="False-accept rate per comparison the threshold is calibrated for (1e-5 = one in 100,000).",
+    )
+    min_margin: float = Field(
+        0.05, ge=0.0, le=1.0, description="Least cosine margin of the best person over the second-best person."
+    )
+
+
+class MqttSettings(Section):
+    host: str | None = Field(
+        None, description="MQTT broker host; empty starts an embedded broker on localhost (or uses the Supervisor's)."
+    )
+    port: int = Field(1883, ge=1, le=65535, description="MQTT broker port.")
+    username: str | None = Field(None, description="MQTT user name.")
+    password: SecretStr | None = Field(None, description="MQTT password.")
+    tls: bool = Field(False, description="Connect to the broker over TLS.")
+    ca_file: Path | None = Field(None, description="CA certificate file for TLS.")
+    cert_file: Path | None = Field(None, description="Client certificate file for TLS.")
+    key_file: Path | None = Field(None, description="Client key file for TLS.")
+    base_topic: str = Field("facelock", pattern=r"^[A-Za-z0-9_\-/]+$", description="Prefix of FaceLock's topics.")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_\-/]+$", description="Home Assistant discovery prefix.")
+    client_id: str = Field("facelock", pattern=r"^[A-Za-z0-9_\-]+$", description="MQTT client id.")
+    keepalive: int = Field(30, ge=5, le=3600, description="MQTT keep-alive, seconds.")
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> MqttSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class GateSettings(Section):
+    enabled: bool = Field(True, description="Run face detection only on frames with motion.")
+    height: int = Field(100, ge=32, le=720, description="Height, in pixels, frames are scaled to for motion detection.")
+    alpha: float = Field(0.02, gt=0.0, le=1.0, description="Background learning rate of the running average.")
+    pixel_threshold: int = Field(25, ge=1, le=255, description="Least grey-level change of a moving pixel.")
+    min_area: float = Field(
+        0.005, gt=0.0, lt=1.0, description="Least fraction of the frame a moving region must cover."
+    )
+    lighting_fraction: float = Field(
+        0.6, gt=0.0, le=1.0, description="Changed fraction of the frame above which the change is lighting, not motion."
+    )
+    hold_s: float = Field(1.0, ge=0.0, le=60.0, description="Seconds the gate stays open after the last motion.")
+
+
+class CameraSettings(Section):
+    name: str = Field(..., pattern=r"^[a-z0-9_]+$", description="Door name (lower-case letters, digits, _).")
+    url: str | None = Field(None, description="OpenCV source: rtsp://, http:// MJPEG, a video file or /dev/videoN.")
+    mqtt_topic: str | None = Field(None, description="MQTT topic carrying JPEG snapshots (e.g. Frigate's).")
+    fps: float = Field(5.0, gt=0.0, le=60.0, description="Frames per second taken from the source.")
+    mask: list[list[list[int]]] = Field(
+        default_factory=list, description="Polygons ([[x, y], ...], frame pixels) where motion is ignored."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CameraSettings:
+        if (self.url is None) == (self.mqtt_topic is None):
+            raise ValueError(f"camera {self.name!r}: set exactly one of url and mqtt_topic")
+        return self
+
+
+class DecisionSettings(Section):
+    k: int = Field(2, ge=1, le=20, description="Matching frames needed within an attempt.")
+    n: int = Field(5, ge=1, le=50, description="Frames with a face an attempt looks at.")
+    window_s: float = Field(4.0, gt=0.0, le=60.0, description="Seconds an attempt lasts before it times out.")
+    cooldown_s: float = Field(5.0, ge=0.0, le=600.0, description="Seconds after a decision before a new attempt starts.")
+    max_latency_s: float = Field(
+        2.0, gt=0.0, le=30.0, description="A frame older than this when processed is dropped, never used to unlock."
+    )
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> DecisionSettings:
+        if self.k > self.n:
+            raise ValueError("k must not exceed n")
+        return self
+
+
+class LockSettings(Section):
+    relock_s: float = Field(5.0, ge=1.0, le=3600.0, description="Seconds until the door relocks after an unlock.")
+    unlocking_s: float = Field(0.5, ge=0.0, le=30.0, description="Seconds the lock reports UNLOCKING before UNLOCKED.")
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a FaceLock service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACELOCK_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data_dir: Path = Field(
+        Path.home() / ".local" / "share" / "facelock", description="Folder for the gallery, caches and logs."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    model: ModelSettings = ModelSettings()
+    quality: QualitySettings = QualitySettings()
+    match: MatchSettings = MatchSettings()
+    mqtt: MqttSettings = MqttSettings()
+    gate: GateSettings = GateSettings()
+    cameras: list[CameraSettings] = Field(default_factory=list, description="Door cameras.")
+    decision: DecisionSettings = DecisionSettings()
+    lock: LockSettings = LockSettings()
+
+    @model_validator(mode="after")
+    def _unique_doors(self) -> Settings:
+        names = [c.name for c in self.cameras]
+        if len(names) != len(set(names)):
+            raise ValueError("camera names must be unique")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        options = Path(os.environ.get("FACELOCK_OPTIONS_FILE", DEFAULT_OPTIONS_FILE))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if options.is_file():
+            sources.append(JsonConfigSettingsSource(settings_cls, json_file=options))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; raise ConfigError naming each wrong setting and why."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    except ValueError as exc:  # e.g. unreadable JSON in the options file
+        raise ConfigError(f"invalid settings: {exc}") from exc
