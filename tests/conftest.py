@@ -1,0 +1,84 @@
+"""Shared fixtures: the real face data folder and real Mosquitto brokers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("FACELOCK_SHARED", ROOT.parent / "shared"))
+
+
+def _need(path: Path, what: str) -> Path:
+    """Return `path`, or fail in CI / skip elsewhere with a clear reason when it is missing."""
+    if path.exists():
+        return path
+    message = f"{what} not found at {path} (see ../shared/data/README.md)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need(SHARED / "data", "shared face data")
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    return _need(SHARED / "models", "shared models")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    """A real Mosquitto broker of a test's own, on a free port, that a test may stop and restart."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            pytest.fail("the mosquitto binary is missing (apt-get install mosquitto)")
+        self.binary = binary
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
