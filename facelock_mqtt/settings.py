@@ -9,6 +9,7 @@ its own section. A wrong value fails at start with the setting's name and the re
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +95,8 @@ class MqttSettings(Section):
     def _client_cert_pair(self) -> MqttSettings:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file, cert_file and key_file need tls: true")
         return self
 
 
@@ -146,6 +149,17 @@ class DecisionSettings(Section):
 class LockSettings(Section):
     relock_s: float = Field(5.0, ge=1.0, le=3600.0, description="Seconds until the door relocks after an unlock.")
     unlocking_s: float = Field(0.5, ge=0.0, le=30.0, description="Seconds the lock reports UNLOCKING before UNLOCKED.")
+    pin: SecretStr | None = Field(
+        None,
+        description="PIN (4 to 12 digits) Home Assistant must send with a remote UNLOCK or OPEN; "
+        "empty: remote commands need no PIN.",
+    )
+
+    @model_validator(mode="after")
+    def _pin_digits(self) -> LockSettings:
+        if self.pin is not None and not re.fullmatch(r"\d{4,12}", self.pin.get_secret_value()):
+            raise ValueError("pin must be 4 to 12 digits")
+        return self
 
 
 class Settings(BaseSettings):
