@@ -138,6 +138,13 @@ class DecisionSettings(Section):
     max_latency_s: float = Field(
         2.0, gt=0.0, le=30.0, description="A frame older than this when processed is dropped, never used to unlock."
     )
+    stream_history_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=600.0,
+        description="Seconds of recent frames each new frame is compared with to spot a frozen or looping camera "
+        "stream (a loop longer than this is not recognised as one).",
+    )
 
     @model_validator(mode="after")
     def _k_within_n(self) -> DecisionSettings:
@@ -162,6 +169,33 @@ class LockSettings(Section):
         return self
 
 
+class LockoutSettings(Section):
+    max_failures: int = Field(
+        5, ge=1, le=100, description="Failed attempts (denied or spoof suspected) within window_s that lock a door out."
+    )
+    window_s: float = Field(600.0, ge=1.0, le=86400.0, description="Seconds over which failed attempts are counted.")
+    base_s: float = Field(30.0, ge=1.0, le=86400.0, description="Length of the first lockout; each further one doubles.")
+    max_s: float = Field(3600.0, ge=1.0, le=604800.0, description="Longest lockout, in seconds.")
+    reset_s: float = Field(
+        86400.0,
+        ge=60.0,
+        le=2592000.0,
+        description="Seconds after a lockout ends without another one, after which lockouts start again at base_s.",
+    )
+
+    @model_validator(mode="after")
+    def _base_within_max(self) -> LockoutSettings:
+        if self.base_s > self.max_s:
+            raise ValueError("base_s must not exceed max_s")
+        return self
+
+
+class AuditSettings(Section):
+    retention_days: int = Field(
+        90, ge=1, le=3650, description="Days a decision stays in the audit trail before it is pruned."
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration of a FaceLock service."""
 
@@ -181,6 +215,8 @@ class Settings(BaseSettings):
     cameras: list[CameraSettings] = Field(default_factory=list, description="Door cameras.")
     decision: DecisionSettings = DecisionSettings()
     lock: LockSettings = LockSettings()
+    lockout: LockoutSettings = LockoutSettings()
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _unique_doors(self) -> Settings:
