@@ -208,9 +208,10 @@ class EmbeddedBroker:
             await client.writer.drain()
 
     async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Client | None:
-        kind, flags, data = await asyncio.wait_for(read_packet(reader, self.max_packet), CONNECT_TIMEOUT_S)
-        if kind != CONNECT or flags:
-            raise ProtocolError("the first packet must be CONNECT")
+        read = read_packet(reader, self.max_packet, expect=CONNECT)
+        _, flags, data = await asyncio.wait_for(read, CONNECT_TIMEOUT_S)
+        if flags:
+            raise ProtocolError("invalid CONNECT header flags")
         body = Body(data)
         protocol, level, cflags, keepalive = body.string(), body.u8(), body.u8(), body.u16()
         if protocol not in ("MQTT", "MQIsdp"):

@@ -100,8 +100,11 @@ def encode_string(text: str) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
-async def read_packet(reader: asyncio.StreamReader, max_size: int) -> tuple[int, int, bytes]:
+async def read_packet(reader: asyncio.StreamReader, max_size: int, expect: int | None = None) -> tuple[int, int, bytes]:
+    """Read one packet: (type, flags, body). A wrong type fails before its body is awaited."""
     first = (await reader.readexactly(1))[0]
+    if first >> 4 in (0, 15) or (expect is not None and first >> 4 != expect):
+        raise ProtocolError(f"unexpected packet type {first >> 4}")
     length, multiplier = 0, 1
     for _ in range(4):
         digit = (await reader.readexactly(1))[0]

@@ -1,0 +1,149 @@
+"""Test helpers: a real paho subscriber that records what it receives, and raw MQTT packets."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition` until it is true; fail the test with `what` when it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Collector:
+    """A paho client subscribed to `topics` (again after every reconnect), recording messages."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topics: Iterable[str] = ("#",),
+        client_id: str | None = None,
+        clean_session: bool = True,
+        tls: ssl.SSLContext | None = None,
+        auth: tuple[str, str] | None = None,
+        qos: int = 1,
+    ) -> None:
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self._topics = list(topics)
+        self._qos = qos
+        self._subscribed = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"test-{uuid.uuid4().hex[:8]}",
+            clean_session=clean_session,
+        )
+        if tls is not None:
+            self.client.tls_set_context(tls)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(host, port, keepalive=10)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise AssertionError(f"collector could not connect and subscribe on {host}:{port}")
+
+    def _on_connect(self, client: paho.Client, *args: object) -> None:
+        if self._topics:
+            client.subscribe([(topic, self._qos) for topic in self._topics])
+        else:
+            self._subscribed.set()
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Received(message.topic, message.payload, message.qos, bool(message.retain)))
+
+    def on(self, topic: str) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [m.payload for m in self.on(topic)]
+
+    def wait_for(
+        self, topic: str, payload: bytes | None = None, count: int = 1, timeout: float = 10.0
+    ) -> list[Received]:
+        def found() -> list[Received]:
+            return [m for m in self.on(topic) if payload is None or m.payload == payload]
+
+        wait_until(lambda: len(found()) >= count, timeout, f"{count} x {payload!r} on {topic}")
+        return found()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# --- raw MQTT 3.1.1 packets, to talk to a broker the way a broken client would -----------------
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def raw_connect(client_id: str, keepalive: int = 60, will: tuple[str, bytes] | None = None, level: int = 4) -> bytes:
+    name = b"MQTT" if level == 4 else b"MQIsdp"
+    flags = 0x02 | (0x04 | 0x08 if will else 0)  # clean session; will at QoS 1
+    body = _field(name) + bytes([level, flags]) + keepalive.to_bytes(2, "big") + _field(client_id.encode())
+    if will:
+        body += _field(will[0].encode()) + _field(will[1])
+    return bytes([0x10]) + _remaining_length(len(body)) + body
+
+
+def raw_publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1) -> bytes:
+    body = _field(topic.encode()) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
+    return bytes([0x30 | qos << 1]) + _remaining_length(len(body)) + body
+
+
+def raw_socket(host: str, port: int, *packets: bytes) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=10)
+    for packet in packets:
+        sock.sendall(packet)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the broker sends until it closes the connection (fails if it never does)."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
