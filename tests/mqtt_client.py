@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from facelock_mqtt.broker_packets import encode_length  # the framing is trivial; packets are written here
+
 
 @dataclass(frozen=True)
 class Received:
@@ -106,15 +108,6 @@ class Collector:
 # --- raw MQTT 3.1.1 packets, to talk to a broker the way a broken client would -----------------
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _field(data: bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
@@ -125,12 +118,12 @@ def raw_connect(client_id: str, keepalive: int = 60, will: tuple[str, bytes] | N
     body = _field(name) + bytes([level, flags]) + keepalive.to_bytes(2, "big") + _field(client_id.encode())
     if will:
         body += _field(will[0].encode()) + _field(will[1])
-    return bytes([0x10]) + _remaining_length(len(body)) + body
+    return bytes([0x10]) + encode_length(len(body)) + body
 
 
 def raw_publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1) -> bytes:
     body = _field(topic.encode()) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
-    return bytes([0x30 | qos << 1]) + _remaining_length(len(body)) + body
+    return bytes([0x30 | qos << 1]) + encode_length(len(body)) + body
 
 
 def raw_socket(host: str, port: int, *packets: bytes) -> socket.socket:
