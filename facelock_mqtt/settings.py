@@ -122,11 +122,21 @@ class CameraSettings(Section):
     mask: list[list[list[int]]] = Field(
         default_factory=list, description="Polygons ([[x, y], ...], frame pixels) where motion is ignored."
     )
+    reconnect_max_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=600.0,
+        description="Longest wait, in seconds, between attempts to reopen a camera that dropped or failed to "
+        "open; the wait starts at half a second and doubles after each failure.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CameraSettings:
         if (self.url is None) == (self.mqtt_topic is None):
             raise ValueError(f"camera {self.name!r}: set exactly one of url and mqtt_topic")
+        for polygon in self.mask:
+            if len(polygon) < 3 or any(len(point) != 2 for point in polygon):
+                raise ValueError(f"camera {self.name!r}: each mask polygon needs at least 3 [x, y] points")
         return self
 
 
