@@ -1,0 +1,199 @@
+"""The `facelock` command line.
+
+Every command that reports takes `--json`. Bad arguments, missing files and unreadable images
+end with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .bundle import load_bundle, with_calibration
+from .errors import FaceLockError
+from .evaluate import calibrate, eval_folder, eval_lfw
+from .imageio import read_image
+from .recognizer import Recognizer, resolve_bundle
+from .settings import Settings, load_settings
+
+EXIT_USAGE = 2
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Any]] = {}
+
+
+def command(name: str) -> Callable:
+    def register(handler: Callable) -> Callable:
+        COMMANDS[name] = handler
+        return handler
+
+    return register
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+def recognizer(settings: Settings) -> Recognizer:
+    return Recognizer(settings.data_dir, settings.model, settings.quality, settings.match)
+
+
+@command("enroll")
+def _enroll(args: argparse.Namespace, settings: Settings) -> None:
+    images = [(str(path), read_image(path)) for path in args.images]
+    added = recognizer(settings).enroll(args.name, images)
+    emit(args, {"person": args.name, "added": added}, f"enrolled {args.name}: {added} image(s)")
+
+
+@command("people")
+def _people(args: argparse.Namespace, settings: Settings) -> None:
+    rec = recognizer(settings)
+    if args.remove:
+        if not rec.remove(args.remove):
+            raise FaceLockError(f"no enrolled person named {args.remove!r}")
+        emit(args, {"removed": args.remove}, f"removed {args.remove}")
+        return
+    people = [{"name": p.name, "samples": p.samples, "created": p.created} for p in rec.gallery.people()]
+    emit(args, people, "\n".join(f"{p['name']}\t{p['samples']} sample(s)" for p in people) or "nobody enrolled")
+
+
+@command("verify")
+def _verify(args: argparse.Namespace, settings: Settings) -> None:
+    rec = recognizer(settings)
+    score, threshold = rec.verify(read_image(args.image_a), read_image(args.image_b))
+    same = score > threshold
+    data = {"score": score, "threshold": threshold, "target_far": settings.match.target_far, "same_person": same}
+    emit(args, data, f"{'same person' if same else 'different people'} (score {score:.3f}, threshold {threshold:.3f})")
+
+
+@command("identify")
+def _identify(args: argparse.Namespace, settings: Settings) -> None:
+    found = recognizer(settings).identify(read_image(args.image))
+    data: dict[str, Any] = {"reason": found.reason, "accepted": bool(found.match and found.match.accepted)}
+    if found.result is not None:
+        data["faces"] = found.result.n_faces
+        data["quality"] = {"ok": found.result.quality.ok, "reasons": list(found.result.quality.reasons)}
+    if found.match is not None:
+        data.update(found.match.as_dict())
+    who = data.get("person") if data["accepted"] else "nobody"
+    emit(args, data, f"{who} ({found.reason})")
+
+
+def _engine(settings: Settings):
+    from .pipeline import FaceEngine
+
+    return FaceEngine(resolve_bundle(settings.model, settings.data_dir), settings.model, settings.quality)
+
+
+@command("eval")
+def _eval(args: argparse.Namespace, settings: Settings) -> None:
+    engine = _engine(settings)
+    if args.protocol == "lfw":
+        pairs = args.pairs or args.data / "pairs.txt"
+        if not pairs.is_file():
+            raise FaceLockError(f"pairs file {pairs} not found")
+        report = eval_lfw(engine, args.data, pairs)
+        text = f"LFW 10-fold accuracy {100 * report['accuracy']:.2f} % ± {100 * report['accuracy_std']:.2f}"
+    else:
+        report = eval_folder(engine, args.data)
+        text = f"{report['n_images']} images, {report['n_no_face']} without a face; worst slice: {report['worst_slice']}"
+    tars = ", ".join(f"TAR@FAR {k}: {100 * v:.2f} %" for k, v in report["tar_at_far"].items())
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{text}\n{tars}")
+
+
+@command("calibrate")
+def _calibrate(args: argparse.Namespace, settings: Settings) -> None:
+    engine = _engine(settings)
+    result = calibrate(engine, args.data, aligned=args.aligned, model_card=args.model_card)
+    if args.write_default:
+        from .default_bundle import SFACE, SOURCE_SHA256
+
+        payload = {"source_sha256": SOURCE_SHA256[SFACE], "calibration": result.model_dump(mode="json")}
+        args.write_default.write_text(json.dumps(payload, indent=2) + "\n")
+    else:
+        with_calibration(load_bundle(engine.bundle.path), result)
+    lines = [f"FAR {t.far:g}: threshold {t.threshold:.4f} (TAR {t.tar:.4f}, {t.n_impostor} impostor pairs)" for t in result.thresholds]
+    emit(args, result.model_dump(mode="json"), "\n".join(lines))
+
+
+def _add_service_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands of the service layer register themselves when that layer is installed."""
+    try:
+        from .service_cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub, command)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="facelock", description="Face-recognition door lock for Home Assistant.")
+    top.add_argument("--data-dir", type=Path, help="folder for the gallery and caches (FACELOCK_DATA_DIR)")
+    top.add_argument("--bundle", type=Path, help="model bundle or insightface pack folder (default: YuNet + SFace)")
+    top.add_argument("--threads", type=int, help="CPU threads per model")
+    top.add_argument("--target-far", type=float, help="false-accept rate the threshold is calibrated for")
+    top.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("enroll", help="enroll a person from one or more photos")
+    p.add_argument("name")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("people", help="list enrolled people, or remove one")
+    p.add_argument("--remove", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("verify", help="are two photos the same person?")
+    p.add_argument("image_a", type=Path)
+    p.add_argument("image_b", type=Path)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("identify", help="who is in this photo?")
+    p.add_argument("image", type=Path)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("eval", help="accuracy on LFW or on a folder of photos")
+    p.add_argument("protocol", choices=["lfw", "folder"])
+    p.add_argument("--data", type=Path, required=True, help="<identity>/<image> folder")
+    p.add_argument("--pairs", type=Path, help="LFW pairs.txt (default: DATA/pairs.txt)")
+    p.add_argument("--json", dest="json_out", type=Path, help="write the full report to this file")
+
+    p = sub.add_parser("calibrate", help="thresholds for target FARs from a folder of identities")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--aligned", action="store_true", help="images are already aligned 112x112 crops")
+    p.add_argument("--model-card", help="model card the calibration belongs to")
+    p.add_argument("--write-default", type=Path, help=argparse.SUPPRESS)  # ships the default calibration
+    p.add_argument("--json", action="store_true")
+    _add_service_commands(sub)
+    return top
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {"data_dir": args.data_dir, "log_level": args.log_level}
+    model = {k: v for k, v in {"bundle": args.bundle, "threads": args.threads}.items() if v is not None}
+    if model:
+        overrides["model"] = model
+    if args.target_far is not None:
+        overrides["match"] = {"target_far": args.target_far}
+    return load_settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        result = COMMANDS[args.command](args, settings)
+    except FaceLockError as exc:
+        print(f"facelock: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The recognizer: bundle + engine + gallery + matcher, shared by the CLI and the service."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .default_bundle import default_bundle
+from .errors import EnrollmentError
+from .gallery import Gallery, Sample
+from .match import Matcher, MatchResult
+from .pipeline import FaceEngine, FaceResult
+from .quality import face_size
+from .settings import MatchSettings, ModelSettings, QualitySettings
+
+log = logging.getLogger(__name__)
+
+GALLERY_FILE = "gallery.db"
+
+
+def resolve_bundle(model: ModelSettings, data_dir: Path) -> Bundle:
+    return load_bundle(model.bundle) if model.bundle else default_bundle(data_dir)
+
+
+@dataclass(frozen=True)
+class Identification:
+    result: FaceResult | None
+    match: MatchResult | None
+
+    @property
+    def reason(self) -> str:
+        if self.result is None:
+            return "no face"
+        if not self.result.quality.ok:
+            return "; ".join(self.result.quality.reasons)
+        if self.match is None or self.match.person is None:
+            return "nobody enrolled"
+        if not self.match.accepted:
+            return "below threshold or margin"
+        return "match"
+
+
+class Recognizer:
+    def __init__(
+        self,
+        data_dir: Path,
+        model: ModelSettings,
+        quality: QualitySettings,
+        match: MatchSettings,
+        bundle: Bundle | None = None,
+    ) -> None:
+        self.bundle = bundle or resolve_bundle(model, data_dir)
+        self.engine = FaceEngine(self.bundle, model, quality)
+        self.match_settings = match
+        self.quality_settings = quality
+        self.fingerprint = self.bundle.manifest.fingerprint
+        self.gallery = Gallery(Path(data_dir) / GALLERY_FILE)
+        # Templates of another bundle are useless to this one: recompute from stored crops.
+        self.gallery.sync(self.fingerprint, self.engine.embed_aligned)
+        self._matcher: Matcher | None = None
+
+    @property
+    def matcher(self) -> Matcher:
+        if self._matcher is None:
+            templates, people = self.gallery.templates(self.fingerprint)
+            threshold = self.bundle.threshold_for(self.match_settings.target_far)
+            self._matcher = Matcher(
+                templates, people, threshold, self.match_settings.target_far, self.match_settings.min_margin
+            )
+        return self._matcher
+
+    def enrollment_sample(self, image: np.ndarray, source: str) -> Sample:
+        """One enrollment sample, or EnrollmentError saying why this image is refused."""
+        faces = self.engine.faces(image)
+        if not faces:
+            raise EnrollmentError(f"{source}: no face found")
+        large = [f for f in faces if face_size(f) >= self.quality_settings.min_face_px]
+        if len(large) > 1:
+            raise EnrollmentError(f"{source}: {len(large)} faces found; enroll from a photo of one person")
+        result = self.engine.analyze(image)
+        if result is None or result.embedding is None:
+            reasons = "; ".join(result.quality.reasons) if result else "no face found"
+            raise EnrollmentError(f"{source}: poor quality: {reasons}")
+        return Sample(result.crop, result.embedding, source)
+
+    def enroll(self, name: str, images: list[tuple[str, np.ndarray]]) -> int:
+        """Enroll every image or none: any refused image refuses the whole enrollment."""
+        if not name.strip():
+            raise EnrollmentError("a person needs a name")
+        samples, problems = [], []
+        for source, image in images:
+            try:
+                samples.append(self.enrollment_sample(image, source))
+            except EnrollmentError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise EnrollmentError("enrollment refused, nothing written: " + " | ".join(problems))
+        added = self.gallery.add(name.strip(), samples, self.fingerprint)
+        self._matcher = None
+        return added
+
+    def remove(self, name: str) -> bool:
+        removed = self.gallery.remove(name)
+        self._matcher = None
+        return removed
+
+    def identify(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> Identification:
+        result = self.engine.analyze(image, region)
+        if result is None or result.embedding is None:
+            return Identification(result, None)
+        return Identification(result, self.matcher.match(result.embedding))
+
+    def verify(self, first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
+        """Cosine score of the two images' best faces and the threshold in force."""
+        results = [self.engine.analyze(image, embed_poor=True) for image in (first, second)]
+        if results[0] is None or results[1] is None:
+            raise EnrollmentError("no face found in " + ("the first" if results[0] is None else "the second") + " image")
+        score = float(results[0].embedding @ results[1].embedding)
+        return score, self.bundle.threshold_for(self.match_settings.target_far).threshold
+
+    def close(self) -> None:
+        self.gallery.close()
