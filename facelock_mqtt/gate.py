@@ -74,8 +74,8 @@ class MotionGate:
 
     def update(self, frame_bgr: np.ndarray, now: float) -> GateResult:
         """Feed one frame taken at `now` (monotonic seconds); say whether it passes the gate."""
-        if frame_bgr is None or frame_bgr.ndim not in (2, 3) or frame_bgr.size == 0:
-            raise ImageError("motion gate: expected a non-empty grey or BGR image")
+        if frame_bgr.dtype != np.uint8 or frame_bgr.ndim not in (2, 3) or frame_bgr.size == 0:
+            raise ImageError("motion gate: expected a non-empty 8-bit grey or BGR image")
         self._frames_seen += 1
         if not self._settings.enabled:
             self._frames_passed += 1

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
+from typing import Self
 
 import cv2
 import numpy as np
@@ -105,7 +107,7 @@ class FrameSource(ABC):
             self._cond.notify_all()  # a replay reader waits for the slot to empty
             return frame
 
-    def __enter__(self) -> FrameSource:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -200,6 +202,9 @@ class OpenCVSource(FrameSource):
                     self._count("reconnects")
                 try:
                     delivered = self._pump(capture)
+                except cv2.error as exc:  # a backend failure is a dropped stream, not the end
+                    self._error(f"stream error: {exc}")
+                    delivered = 0
                 finally:
                     capture.release()
                 if self.finite or self._stopping.is_set():
@@ -213,19 +218,28 @@ class OpenCVSource(FrameSource):
             delay = min(delay * 2, self._backoff_max_s)
 
     def _open(self) -> cv2.VideoCapture | None:
-        if self.network:
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS]
-            capture = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
-        elif self.url.isdigit():
-            capture = cv2.VideoCapture(int(self.url))
-        else:
-            capture = cv2.VideoCapture(self.url)
-        if capture.isOpened():
-            return capture
-        capture.release()
+        reason = f"cannot open {redact(self.url)}"
+        try:
+            capture = self._capture()
+            if capture.isOpened():
+                return capture
+            capture.release()
+        except cv2.error as exc:
+            reason = f"{reason}: {exc}"
         self._count("open_failures")
-        self._error(f"cannot open {redact(self.url)}")
+        self._error(reason)
         return None
+
+    def _capture(self) -> cv2.VideoCapture:
+        if self.network:
+            # RTSP over TCP, as Frigate does: UDP loses packets and smears frames behind NAT/Docker.
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+            timeouts = (cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, cv2.CAP_PROP_READ_TIMEOUT_MSEC)
+            params = [value for prop in timeouts for value in (prop, NETWORK_TIMEOUT_MS)]
+            return cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+        if self.url.isdigit():
+            return cv2.VideoCapture(int(self.url))
+        return cv2.VideoCapture(self.url)
 
     def _pump(self, capture: cv2.VideoCapture) -> int:
         """Read frames until the stream ends, drops or the source stops; return frames delivered."""
@@ -242,7 +256,10 @@ class OpenCVSource(FrameSource):
             if self.realtime and not limit.due(now):
                 self._count("skipped")
                 continue
-            ok, image = capture.retrieve()
+            try:
+                ok, image = capture.retrieve()
+            except cv2.error:
+                ok, image = False, None
             if not ok or image is None or image.size == 0:
                 self._undecodable("the decoder returned no image")
                 continue
@@ -284,6 +301,10 @@ class MqttSnapshotSource(FrameSource):
 
     def push(self, payload: bytes) -> None:
         """Hand over one snapshot; cheap and non-blocking, safe from any thread."""
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            self._count("frames_read")
+            self._undecodable(f"payload of type {type(payload).__name__}, not bytes")
+            return
         with self._cond:
             self._counts["frames_read"] += 1
             self._counts["dropped"] += self._inbox is not None

@@ -16,7 +16,13 @@ import pytest
 
 from facelock_mqtt.errors import ConfigError
 from facelock_mqtt.settings import CameraSettings
-from facelock_mqtt.source import Frame, MqttSnapshotSource, OpenCVSource, open_source, redact
+from facelock_mqtt.source import (
+    Frame,
+    MqttSnapshotSource,
+    OpenCVSource,
+    open_source,
+    redact,
+)
 
 CLIP_FPS = 20.0
 
@@ -252,12 +258,13 @@ def test_corrupt_snapshots_are_counted_and_never_delivered(photos: list[np.ndarr
         for count, payload in enumerate(corrupt, 1):
             source.push(payload)
             wait_until(lambda count=count: source.stats.undecodable == count)
+        source.push("a text payload")  # type: ignore[arg-type]
         assert source.latest(0.2) is None
         source.push(good)
         frame = source.latest(10)
     assert frame is not None and frame.seq == 1 and which_photo(frame.image, photos) == 3
     stats = source.stats
-    assert (stats.frames_read, stats.frames_decoded, stats.undecodable) == (6, 1, 5)
+    assert (stats.frames_read, stats.frames_decoded, stats.undecodable) == (7, 1, 6)
 
 
 def test_snapshots_arrive_through_a_real_broker(mosquitto, photos: list[np.ndarray]) -> None:
