@@ -21,14 +21,14 @@ from typing import Self
 import cv2
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, ImageError
+from .imageio import decode_image
 from .settings import CameraSettings
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.5
 NETWORK_TIMEOUT_MS = 5000  # open and read timeouts of network streams, so a dead camera is noticed
-MAX_SNAPSHOT_BYTES = 20 * 1024 * 1024
 _DEVICE = re.compile(r"^(/dev/video\d+|\d+)$")
 
 
@@ -330,20 +330,13 @@ class MqttSnapshotSource(FrameSource):
 
 def decode_jpeg(payload: bytes) -> tuple[np.ndarray | None, str]:
     """Decode a complete JPEG into BGR; (None, reason) for anything else."""
-    if not payload:
-        return None, "empty payload"
-    if len(payload) > MAX_SNAPSHOT_BYTES:
-        return None, f"payload of {len(payload)} bytes is over {MAX_SNAPSHOT_BYTES}"
     # OpenCV 4 returns a truncated JPEG grey-filled (5 refuses it): insist on both markers.
-    if not payload.startswith(b"\xff\xd8") or not payload.rstrip(b"\x00\r\n").endswith(b"\xff\xd9"):
+    if payload and (not payload.startswith(b"\xff\xd8") or not payload.rstrip(b"\x00\r\n").endswith(b"\xff\xd9")):
         return None, "not a complete JPEG (start or end marker missing)"
     try:
-        image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        return None, f"decoder error: {exc}"
-    if image is None or image.size == 0:
-        return None, "the JPEG decoder returned no image"
-    return image, ""
+        return decode_image(payload), ""
+    except (ImageError, cv2.error) as exc:
+        return None, str(exc)
 
 
 def open_source(camera: CameraSettings, *, realtime: bool = True) -> FrameSource:
