@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
@@ -44,6 +45,8 @@ PIN_FORMAT = r"^\d{4,12}$"
 # With a PIN, Home Assistant renders this template: `value` is the payload, `code` the PIN typed.
 COMMAND_TEMPLATE = '{"action": "{{ value }}", "code": "{{ code }}"}'
 MAX_COMMAND_BYTES = 256
+PIN_TRIES = 5  # wrong PINs in a row before remote unlock is blocked
+PIN_BLOCK_S, PIN_BLOCK_MAX_S = 60.0, 3600.0
 
 
 def lock_discovery(topics: Topics, door: str, unique_id: str, pin_required: bool) -> dict[str, Any]:
@@ -142,6 +145,8 @@ class DoorLock:
         self._generation = 0  # bumped on every lock/unlock so that earlier timers do nothing
         self._timer: threading.Timer | None = None
         self._closed = False
+        self._pin_failures = 0
+        self._pin_blocked_until = 0.0
         self.lock("start")  # fail secure: whatever the relay was doing, start locked
 
     @property
@@ -166,7 +171,7 @@ class DoorLock:
         try:
             if retained:
                 raise CommandRejected("retained")
-            command = parse_command(payload, self._settings.pin)
+            command = self._parse(payload)
         except CommandRejected as exc:
             self.rejected[exc.reason] += 1
             log.warning("door %s: ignored a lock command (%s, %d bytes)", self.door, exc.reason, len(payload))
@@ -176,6 +181,28 @@ class DoorLock:
         else:
             self._release(command, "remote command")
         return command
+
+    def _parse(self, payload: bytes) -> Command:
+        """After PIN_TRIES wrong PINs in a row, refuse remote UNLOCK/OPEN (even with the right PIN)
+        for PIN_BLOCK_S, doubling on each further wrong PIN; the face path is not affected."""
+        with self._mutex:
+            try:
+                command = parse_command(payload, self._settings.pin)
+            except CommandRejected as exc:
+                if exc.reason == "wrong_code":
+                    self._pin_failures += 1
+                    if self._pin_failures >= PIN_TRIES:
+                        block = min(PIN_BLOCK_S * 2 ** min(self._pin_failures - PIN_TRIES, 6), PIN_BLOCK_MAX_S)
+                        self._pin_blocked_until = time.monotonic() + block
+                        log.warning(
+                            "door %s: %d wrong PINs; remote unlock blocked %.0f s", self.door, self._pin_failures, block
+                        )
+                raise
+            if command is not Command.LOCK and self.pin_required:
+                if time.monotonic() < self._pin_blocked_until:
+                    raise CommandRejected("pin_blocked")
+                self._pin_failures = 0
+            return command
 
     def lock(self, why: str = "") -> bool:
         """Secure the door now; cancels any pending relock. False (state JAMMED) if the relay failed."""

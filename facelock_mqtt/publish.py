@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -211,12 +212,14 @@ class HomeAssistantBridge:
         self.mqtt.publish(self.topics.motion(door), "ON" if on else "OFF", qos=1, retain=True)
 
     def publish_sensors(self, door: str, values: Mapping[str, Any]) -> None:
-        """Publish sensor values (keys of SENSORS; numbers rounded), retained."""
+        """Publish sensor values (keys of SENSORS; floats rounded to 4 decimals), retained."""
         self._check_door(door)
         for key, value in values.items():
             if key not in SENSORS:
                 raise ValueError(f"unknown sensor {key!r}; known: {sorted(SENSORS)}")
-            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"sensor {key!r}: {value} is not a finite number")
+            text = str(round(value, 4)) if isinstance(value, float) else str(value)
             self._sensors[door][key] = text
             self.mqtt.publish(self.topics.sensor(door, key), text, qos=1, retain=True)
 

@@ -23,7 +23,7 @@ from mqtt_client import Collector, wait_until
 from pydantic import SecretStr
 
 from facelock_mqtt.errors import ConfigError
-from facelock_mqtt.lock import COMMAND_TEMPLATE, Command, CommandRejected, DoorLock, LockState, parse_command
+from facelock_mqtt.lock import COMMAND_TEMPLATE, PIN_TRIES, Command, CommandRejected, DoorLock, LockState, parse_command
 from facelock_mqtt.mqtt import MqttConnection
 from facelock_mqtt.publish import HomeAssistantBridge
 from facelock_mqtt.settings import LockSettings, MqttSettings
@@ -268,6 +268,19 @@ def test_pin_is_required_for_remote_unlock(
         running.stop()
 
 
+def test_pin_guessing_blocks_remote_unlock_but_not_lock() -> None:
+    relay = FakeRelay()
+    lock = DoorLock("front_door", LockSettings(pin=SecretStr(PIN)), relay)
+    for guess in range(PIN_TRIES):
+        assert lock.handle_command(render(COMMAND_TEMPLATE, "UNLOCK", f"{guess:04d}")) is None
+    assert lock.handle_command(render(COMMAND_TEMPLATE, "UNLOCK", PIN)) is None  # right PIN, too late
+    assert lock.rejected["pin_blocked"] == 1 and lock.rejected["wrong_code"] == PIN_TRIES
+    assert lock.handle_command(b"LOCK") is Command.LOCK  # locking is never blocked
+    assert lock.unlock_for("alice")  # nor is the face path
+    assert relay.calls.count("unlock") == 1
+    lock.close()
+
+
 # --- availability, re-announcement, outages -----------------------------------------------------------
 
 
@@ -411,9 +424,9 @@ def test_decision_event_sensors_and_snapshot(bridge: HomeAssistantBridge, watche
     assert watcher.wait_for(TOPICS.sensor("front_door", "last_score"))[0].payload == b"0.7123"
 
     bridge.publish_motion("garage", True)
-    bridge.publish_sensors("garage", {"fps": 4.98765, "decision_latency": 312.0, "cpu": 37, "liveness": "off"})
+    bridge.publish_sensors("garage", {"fps": 4.98765, "decision_latency": 12345.6, "cpu": 37, "liveness": "off"})
     assert watcher.wait_for(TOPICS.motion("garage"), b"ON")[0].retain is False  # live delivery
-    for name, value in (("fps", b"4.988"), ("decision_latency", b"312"), ("cpu", b"37"), ("liveness", b"off")):
+    for name, value in (("fps", b"4.9877"), ("decision_latency", b"12345.6"), ("cpu", b"37"), ("liveness", b"off")):
         assert watcher.wait_for(TOPICS.sensor("garage", name))[-1].payload == value
 
 
@@ -424,6 +437,7 @@ def test_decision_event_sensors_and_snapshot(bridge: HomeAssistantBridge, watche
         (lambda b: b.publish_decision("front_door", {"event_type": "denied"}, b"GIF89a"), "JPEG"),
         (lambda b: b.publish_decision("back_door", {"event_type": "denied"}), "unknown door"),
         (lambda b: b.publish_sensors("garage", {"temperature": 20}), "unknown sensor"),
+        (lambda b: b.publish_sensors("garage", {"fps": float("nan")}), "finite"),
         (lambda b: b.publish_motion("attic", True), "unknown door"),
     ],
 )
