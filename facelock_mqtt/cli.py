@@ -19,6 +19,7 @@ from .errors import FaceLockError
 from .evaluate import calibrate, eval_folder, eval_lfw
 from .imageio import read_image
 from .recognizer import Recognizer, resolve_bundle
+from .service_cli import add_commands as add_service_commands
 from .settings import Settings, load_settings
 
 EXIT_USAGE = 2
@@ -121,15 +122,6 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> None:
     emit(args, result.model_dump(mode="json"), "\n".join(lines))
 
 
-def _add_service_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands of the service layer register themselves when that layer is installed."""
-    try:
-        from .service_cli import add_commands
-    except ImportError:
-        return
-    add_commands(sub, command)
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="facelock", description="Face-recognition door lock for Home Assistant.")
     top.add_argument("--data-dir", type=Path, help="folder for the gallery and caches (FACELOCK_DATA_DIR)")
@@ -169,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-card", help="model card the calibration belongs to")
     p.add_argument("--write-default", type=Path, help=argparse.SUPPRESS)  # ships the default calibration
     p.add_argument("--json", action="store_true")
-    _add_service_commands(sub)
+    add_service_commands(sub, command)
     return top
 
 

@@ -1,0 +1,221 @@
+"""One door's pipeline: frame -> sanity -> gate -> detect/embed/match -> attempt -> guarded decision.
+
+The only way to unlock is `_conclude` with a `recognized` decision that also passes stream
+sanity, liveness (when installed), lockout, and a written audit record. Any exception on the way
+leaves the door locked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .audit import AuditLog
+from .decide import Attempt, Decision, observe
+from .gate import MotionGate, expand_region
+from .imageio import encode_jpeg
+from .liveness import LivenessModel
+from .lock import DoorLock
+from .lockout import Lockout
+from .recognizer import Recognizer
+from .settings import CameraSettings, DecisionSettings, GateSettings
+from .source import Frame
+from .streamcheck import StreamSanity
+
+log = logging.getLogger(__name__)
+
+REGION_GROWTH = 1.6  # the moving region is grown so a face at its edge is still whole
+
+
+@dataclass
+class Guards:
+    lockout: Lockout
+    audit: AuditLog
+    liveness: LivenessModel | None
+
+
+class Publisher:
+    """What a door needs from Home Assistant; the bridge implements it."""
+
+    def publish_decision(self, door: str, event: dict, snapshot_jpeg: bytes | None = None) -> dict: ...
+
+    def publish_motion(self, door: str, on: bool) -> None: ...
+
+
+@dataclass
+class DoorStats:
+    frames: int = 0
+    gated: int = 0
+    analysed: int = 0
+    errors: int = 0
+    stale: int = 0
+    refused_sanity: int = 0
+    refused_lockout: int = 0
+    decisions: int = 0
+    last_latency_ms: float | None = None
+
+
+class Door:
+    def __init__(
+        self,
+        camera: CameraSettings,
+        gate: GateSettings,
+        decision: DecisionSettings,
+        recognizer: Recognizer,
+        lock: DoorLock,
+        guards: Guards,
+        publisher: Publisher,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.name = camera.name
+        self.settings = decision
+        self.recognizer = recognizer
+        self.lock = lock
+        self.guards = guards
+        self.publisher = publisher
+        self.on_event = on_event
+        self.gate = MotionGate(gate, camera.mask)
+        self.sanity = StreamSanity(decision, camera.fps)
+        self.stats = DoorStats()
+        self.attempt: Attempt | None = None
+        self.attempt_frames: list[tuple[np.ndarray, object]] = []
+        self.first_capture: float | None = None
+        self.cooldown_until = float("-inf")
+        self.motion = False
+
+    def clock(self, frame: Frame) -> float:
+        """Video position in replay (so windows mean the same as live), capture time live."""
+        return frame.pts if frame.pts is not None else frame.ts
+
+    def process(self, frame: Frame) -> None:
+        """Everything one frame causes. Never raises: an error ends the attempt, door locked."""
+        self.stats.frames += 1
+        try:
+            self._process(frame)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("door %s: error on the decision path; attempt abandoned, door stays locked", self.name)
+            self._abandon()
+
+    def finish(self, now: float) -> None:
+        """Close a pending attempt (end of a replayed clip, or shutdown)."""
+        if self.attempt is not None:
+            decision = self.attempt.close(now)
+            if decision is not None:
+                self._conclude(decision)
+
+    def _process(self, frame: Frame) -> None:
+        now = self.clock(frame)
+        if frame.pts is None and time.monotonic() - frame.ts > self.settings.max_latency_s:
+            self.stats.stale += 1  # an old frame must never open the door
+            return
+        gated = self.gate.update(frame.image, now)
+        self._set_motion(gated.motion)
+        if self.attempt is not None and self.attempt.expired(now):
+            self._conclude(self.attempt.close(now))
+        if not gated.passed or now < self.cooldown_until:
+            return
+        self.stats.gated += 1
+        sanity = self.sanity.check(frame.image)
+        if not sanity.ok:
+            self.stats.refused_sanity += 1
+            if self.attempt is not None:
+                log.warning("door %s: %s; attempt refused", self.name, sanity.reason)
+                self._abandon()
+            return
+        if self.guards.lockout.status(self.name).locked:
+            self.stats.refused_lockout += 1
+            return
+        region = expand_region(gated.region, frame.image.shape, REGION_GROWTH) if gated.region else None
+        self.stats.analysed += 1
+        found = self.recognizer.identify(frame.image, region)
+        if found.result is None and region is not None and self.attempt is not None:
+            found = self.recognizer.identify(frame.image)  # the face may stand still outside the motion
+        if found.result is None:
+            return
+        if self.attempt is None:
+            matcher = self.recognizer.matcher
+            self.attempt = Attempt(self.settings, matcher.threshold.threshold, matcher.target_far)
+            self.first_capture = frame.ts
+            self.attempt_frames = []
+        observation = observe(found, now)
+        if observation.usable:
+            self.attempt_frames.append((frame.image, found.result.face))
+        decision = self.attempt.add(observation)
+        if decision is not None:
+            self._conclude(decision)
+
+    def _set_motion(self, motion: bool) -> None:
+        if motion != self.motion:
+            self.motion = motion
+            self.publisher.publish_motion(self.name, motion)
+
+    def _abandon(self) -> None:
+        self.attempt = None
+        self.attempt_frames = []
+
+    def _conclude(self, decision: Decision) -> None:
+        frames, self.attempt_frames = self.attempt_frames, []
+        self.attempt = None
+        self.cooldown_until = decision.ended + self.settings.cooldown_s
+        latency_ms = 1000 * (time.monotonic() - self.first_capture) if self.first_capture is not None else None
+        self.stats.decisions += 1
+        self.stats.last_latency_ms = latency_ms
+        liveness = None
+        outcome, reason = decision.outcome, decision.reason
+        if outcome == "recognized" and self.guards.liveness is not None:
+            matched = [f for f, o in zip(frames, [o for o in decision.observations if o.usable]) if o.person]
+            liveness = self.guards.liveness.assess(matched or frames)
+            if not liveness.live:
+                outcome, reason = "spoof_suspected", "liveness: " + "; ".join(liveness.reasons)
+        event = {
+            "event_type": outcome,
+            "person": decision.person,
+            "score": None if decision.score is None else round(decision.score, 4),
+            "threshold": round(decision.threshold, 4),
+            "far_target": decision.target_far,
+            "frames_used": decision.frames_used,
+            "latency_ms": None if latency_ms is None else round(latency_ms, 1),
+            "camera": self.name,
+            "reason": reason,
+            "liveness": None if liveness is None else round(liveness.score, 3),
+        }
+        # The audit record is written before the door moves: no unlock goes unrecorded.
+        self.guards.audit.append(outcome, camera=self.name, person=decision.person, details=self._details(decision, event))
+        if outcome == "recognized":
+            self.guards.lockout.record_success(self.name)
+            if not self.lock.unlock_for(decision.person or "?"):
+                event["reason"] += "; the lock did not release"
+        elif decision.failed or outcome == "spoof_suspected":
+            lockout = self.guards.lockout.record_failure(self.name)
+            if lockout is not None:
+                self.guards.audit.append("lockout", camera=self.name, details=lockout.payload())
+                self.publisher.publish_decision(self.name, {"event_type": "lockout", "camera": self.name, **lockout.payload()})
+        self.publisher.publish_decision(self.name, event, self._snapshot(frames, decision))
+        if self.on_event is not None:
+            self.on_event(event)
+
+    @staticmethod
+    def _details(decision: Decision, event: dict) -> dict:
+        return {
+            **event,
+            "scores": [None if o.score is None else round(o.score, 4) for o in decision.observations],
+            "reasons": [o.reason for o in decision.observations],
+            "frames_seen": decision.frames_seen,
+        }
+
+    @staticmethod
+    def _snapshot(frames: list[tuple[np.ndarray, object]], decision: Decision) -> bytes | None:
+        if not frames:
+            return None
+        image, face = frames[-1]
+        picture = image.copy()
+        x, y, w, h = (int(v) for v in face.box)
+        colour = (0, 200, 0) if decision.outcome == "recognized" else (0, 0, 230)
+        cv2.rectangle(picture, (x, y), (x + w, y + h), colour, 2)
+        return encode_jpeg(picture)

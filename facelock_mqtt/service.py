@@ -1,0 +1,193 @@
+"""The service: wires sources, doors, Home Assistant and the guards, one thread per camera."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from .audit import AUDIT_FILE, AuditLog
+from .broker import EmbeddedBroker
+from .door import Door, Guards
+from .errors import ConfigError
+from .liveness import liveness_status, load_liveness
+from .lockout import Lockout
+from .publish import HomeAssistantBridge
+from .recognizer import Recognizer
+from .settings import CameraSettings, MqttSettings, Settings
+from .source import FrameSource, open_source
+from .storage import secure_dir
+
+log = logging.getLogger(__name__)
+
+SENSOR_PERIOD_S = 10.0
+SUPERVISOR_MQTT = "http://supervisor/services/mqtt"
+
+
+class LoggingRelay:
+    """No door hardware is wired by default: the lock entity is the integration point (an HA
+    automation drives the real lock from it). This relay only logs what it was told."""
+
+    def __init__(self, door: str) -> None:
+        self.door = door
+
+    def unlock(self) -> None:
+        log.info("door %s: relay released", self.door)
+
+    def lock(self) -> None:
+        log.info("door %s: relay locked", self.door)
+
+
+def supervisor_mqtt(settings: MqttSettings) -> MqttSettings:
+    """Inside Home Assistant, the Supervisor hands out the MQTT broker's address and credentials."""
+    token = os.environ.get("SUPERVISOR_TOKEN")
+    if settings.host is not None or not token:
+        return settings
+    request = urllib.request.Request(SUPERVISOR_MQTT, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            data = json.load(response)["data"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"mqtt: the Supervisor gave no MQTT service ({exc}); install the Mosquitto add-on") from exc
+    return settings.model_copy(
+        update={
+            "host": data["host"],
+            "port": int(data["port"]),
+            "username": data.get("username"),
+            "password": data.get("password"),
+            "tls": bool(data.get("ssl", False)),
+        }
+    )
+
+
+def start_broker(settings: MqttSettings) -> tuple[MqttSettings, EmbeddedBroker | None]:
+    """No broker configured: serve one on localhost (the configured port, else a free one)."""
+    if settings.host is not None:
+        return settings, None
+    broker = EmbeddedBroker("127.0.0.1", settings.port)
+    try:
+        broker.start()
+    except OSError as exc:
+        log.warning("port %d is taken (%s); the embedded broker picks a free port", settings.port, exc)
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        broker.start()
+    log.info("no MQTT broker configured: embedded broker on 127.0.0.1:%d", broker.port)
+    return settings.model_copy(update={"host": "127.0.0.1", "port": broker.port, "tls": False}), broker
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        cameras: list[CameraSettings] | None = None,
+        realtime: bool = True,
+        on_event: Callable[[dict], None] | None = None,
+        relay_factory: Callable[[str], object] = LoggingRelay,
+    ) -> None:
+        self.settings = settings
+        self.cameras = cameras if cameras is not None else list(settings.cameras)
+        if not self.cameras:
+            log.warning("no cameras configured: the service only serves Home Assistant and MQTT snapshots")
+        data_dir = secure_dir(settings.data_dir)
+        self.recognizer = Recognizer(data_dir, settings.model, settings.quality, settings.match)
+        self.recognizer.matcher  # fail at start, not at the door, if the bundle cannot serve the target FAR
+        liveness_dir = settings.liveness.models or data_dir / "liveness"
+        self.guards = Guards(
+            lockout=Lockout(settings.lockout, data_dir / "lockout.json"),
+            audit=AuditLog(data_dir / AUDIT_FILE, settings.audit),
+            liveness=load_liveness(liveness_dir, settings.model.threads),
+        )
+        mqtt_settings, self.broker = start_broker(supervisor_mqtt(settings.mqtt))
+        doors = [c.name for c in self.cameras]
+        self.bridge = HomeAssistantBridge(mqtt_settings, doors, settings.lock, relay_factory)
+        self.sources: dict[str, FrameSource] = {c.name: open_source(c, realtime=realtime) for c in self.cameras}
+        self.doors = {
+            c.name: Door(
+                c, settings.gate, settings.decision, self.recognizer, self.bridge.locks[c.name],
+                self.guards, self.bridge, on_event,
+            )
+            for c in self.cameras
+        }  # fmt: skip
+        for camera in self.cameras:
+            self.bridge.on_lockout_clear(camera.name, self._clear_lockout(camera.name))
+            if camera.mqtt_topic is not None:
+                self.bridge.on_snapshot(camera.mqtt_topic, self.sources[camera.name].push)
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def _clear_lockout(self, door: str) -> Callable[[], None]:
+        def clear() -> None:
+            for event in self.guards.lockout.clear(door):
+                self.guards.audit.append(event.event_type, camera=door, details=event.payload())
+            log.info("door %s: lockout cleared from Home Assistant", door)
+
+        return clear
+
+    def start(self) -> None:
+        self.bridge.start()
+        for door in self.doors.values():
+            self.bridge.publish_sensors(door.name, {"liveness": liveness_status(self.guards.liveness)})
+        for name, source in self.sources.items():
+            source.start()
+            thread = threading.Thread(target=self._run_door, args=(name,), name=f"facelock-door-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _run_door(self, name: str) -> None:
+        source, door = self.sources[name], self.doors[name]
+        last_sensors, cpu_start, frames_start = time.monotonic(), time.process_time(), 0
+        while not self.stopping.is_set():
+            frame = source.latest(timeout=0.5)
+            if frame is None:
+                if source.finished:
+                    break
+                continue
+            door.process(frame)
+            now = time.monotonic()
+            if now - last_sensors >= SENSOR_PERIOD_S:
+                self._publish_sensors(door, now - last_sensors, time.process_time() - cpu_start, frames_start)
+                last_sensors, cpu_start, frames_start = now, time.process_time(), door.stats.frames
+        door.finish(door.clock(frame) if frame is not None else time.monotonic())
+
+    def _publish_sensors(self, door: Door, elapsed: float, cpu: float, frames_start: int) -> None:
+        stats = door.stats
+        values = {
+            "fps": (stats.frames - frames_start) / elapsed,
+            "gate_pass_rate": 100.0 * stats.gated / max(stats.frames, 1),
+            "cpu": 100.0 * cpu / elapsed,  # process-wide, in % of one core
+        }
+        if stats.last_latency_ms is not None:
+            values["decision_latency"] = stats.last_latency_ms
+        try:
+            self.bridge.publish_sensors(door.name, values)
+        except ValueError as exc:
+            log.warning("sensors not published: %s", exc)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every camera thread to end (files end; live streams run until stopped)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for source in self.sources.values():
+            source.stop()
+        self.wait(timeout=10)
+        self.bridge.stop()
+        self.guards.audit.close()
+        self.recognizer.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def replay_camera(video: str, door: str, fps: float) -> CameraSettings:
+    if not Path(video).exists() and "%" not in video:
+        raise ConfigError(f"replay: {video} does not exist")
+    return CameraSettings(name=door, url=video, fps=fps)

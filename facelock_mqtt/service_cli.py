@@ -1,0 +1,75 @@
+"""CLI commands of the service layer: `run`, `replay`, `audit`, `liveness-download`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from .cli_audit import add_audit_commands
+from .service import Service, replay_camera
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    service = Service(settings)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    service.start()
+    log.info("FaceLock running: %d door(s); Ctrl-C to stop", len(service.doors))
+    done.wait()
+    service.stop()
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    """The live pipeline on a file, as fast as it goes, one JSON line per decision."""
+    camera = replay_camera(args.video, args.door, args.fps)
+
+    def print_event(event: dict) -> None:
+        print(json.dumps(event), flush=True)
+
+    service = Service(settings, cameras=[camera], realtime=False, on_event=print_event)
+    service.start()
+    service.bridge.mqtt.connected.wait(timeout=10)
+    service.wait()
+    service.stop()
+    return 0
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    if args.db is None:
+        args.data_dir = settings.data_dir
+    return args.func(args)
+
+
+def _liveness_download(args: argparse.Namespace, settings: Settings) -> int:
+    from .liveness import download_weights
+
+    target = args.dest or settings.data_dir / "liveness-weights"
+    for path in download_weights(target):
+        print(path)
+    print(f"next: python -m training.minifasnet export --weights {target} --out {settings.data_dir / 'liveness'}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
+    sub.add_parser("run", help="run the door service (embedded MQTT broker when none is configured)")
+    p = sub.add_parser("replay", help="run the live pipeline on a video file or image sequence")
+    p.add_argument("video", help="video file, or an image-sequence pattern such as frames/%%04d.jpg")
+    p.add_argument("--door", required=True, help="door (camera) name the decisions are published for")
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate of an image sequence")
+    add_audit_commands(sub)
+    p = sub.add_parser("liveness-download", help="download the liveness model weights (SHA-256 checked)")
+    p.add_argument("--dest", type=Path)
+    command("run")(_run)
+    command("replay")(_replay)
+    command("audit")(_audit)
+    command("liveness-download")(_liveness_download)
