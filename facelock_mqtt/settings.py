@@ -206,6 +206,14 @@ class AuditSettings(Section):
     )
 
 
+class LivenessSettings(Section):
+    models: Path | None = Field(
+        None,
+        description="Folder of the exported liveness models (docs/LIVENESS.md); empty uses <data_dir>/liveness. "
+        "Without them liveness is off and the add-on says so.",
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration of a FaceLock service."""
 
@@ -227,6 +235,7 @@ class Settings(BaseSettings):
     lock: LockSettings = LockSettings()
     lockout: LockoutSettings = LockoutSettings()
     audit: AuditSettings = AuditSettings()
+    liveness: LivenessSettings = LivenessSettings()
 
     @model_validator(mode="after")
     def _unique_doors(self) -> Settings:
