@@ -1,0 +1,129 @@
+"""`python -m training <step> --config CONFIG`: one subcommand per step of the cycle.
+
+Every step reads the previous step's artifact from the run folder (default `runs/<name>/`)
+and writes its own there:
+
+  ingest     data/crops/, data/dataset.json        split      data/dataset.json (+ split)
+  overfit    overfit.json (exit 1 on failure)      train      train/ckpt_{last,best}.pt
+  distill    distill/ckpt_*.pt, distill/report.*   sweep      sweep/results.{md,json}
+  evaluate   eval/model_card.md, roc.png, det.png  calibrate  calibration.json (exit 1 if gated)
+  export     bundle/ (manifest.json + ONNX files; refused unless the gate passed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from facelock_mqtt.errors import FaceLockError
+from facelock_mqtt.settings import Settings
+
+from .config import RunConfig, load_config
+
+log = logging.getLogger("training")
+FACELOCK_DATA = Settings.model_fields["data_dir"].default
+
+
+def _engine(args: argparse.Namespace):
+    """The serving pipeline's face engine on the default bundle (detection for ingest)."""
+    from facelock_mqtt.default_bundle import default_bundle
+    from facelock_mqtt.pipeline import FaceEngine
+    from facelock_mqtt.settings import ModelSettings
+
+    from .ingest import SERVING_QUALITY
+
+    return FaceEngine(default_bundle(args.facelock_data), ModelSettings(), SERVING_QUALITY)
+
+
+def cmd_ingest(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from .ingest import ingest, summary
+
+    needs_detection = any(not s.aligned for s in cfg.ingest.sources)
+    manifest = ingest(cfg.ingest, args.run_dir / "data", _engine(args) if needs_detection else None)
+    print(summary(manifest, cfg.ingest))
+    return 0
+
+
+def cmd_split(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from .dataset import load_manifest, save_manifest
+    from .split import check_disjoint, split
+
+    folder = args.run_dir / "data"
+    manifest = split(load_manifest(folder), cfg.split)
+    check_disjoint(manifest)
+    save_manifest(manifest, folder)
+    info = manifest.split
+    print(f"split (seed {info.seed}, ratios {info.ratios}): identities {info.identities}, images {info.images}")
+    return 0
+
+
+def cmd_overfit(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from .dataset import load_manifest
+    from .overfit import run_overfit
+
+    folder = args.run_dir / "data"
+    result = run_overfit(folder, load_manifest(folder), cfg.model, cfg.head, cfg.train.overfit, cfg.seed,
+                         shuffle_labels=args.shuffle_labels)  # fmt: skip
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    (args.run_dir / "overfit.json").write_text(json.dumps(result.__dict__ | {"message": result.message}, indent=2))
+    print(result.message, file=sys.stdout if result.passed else sys.stderr)
+    return 0 if result.passed else 1
+
+
+def cmd_train(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from .train import train
+
+    result = train(cfg, args.run_dir / "data", args.run_dir / "train", args.resume, args.skip_overfit)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report, not one per process
+        print(f"best val TAR@FAR={cfg.train.val_far:g}: {result.best_score:.4f} after {result.epochs_run} epochs"
+              f"{' (stopped early)' if result.stopped_early else ''}")  # fmt: skip
+    return 0
+
+
+COMMANDS = {
+    "ingest": cmd_ingest,
+    "split": cmd_split,
+    "overfit": cmd_overfit,
+    "train": cmd_train,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        s = sub.add_parser(name)
+        s.add_argument("--config", type=Path, required=True, help="training config (JSON or YAML)")
+        s.add_argument("--run-dir", type=Path, help="run folder (default runs/<config name>)")
+        s.add_argument("--facelock-data", type=Path, default=FACELOCK_DATA, help="where the default bundle is cached")
+        if name == "overfit":
+            s.add_argument("--shuffle-labels", action="store_true", help="deliberately broken labels: the check must fail")
+        if name == "train":
+            s.add_argument("--resume", action="store_true", help="continue from train/ckpt_last.pt")
+            s.add_argument("--skip-overfit", action="store_true", help="do not run the overfit check first")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = load_config(args.config)
+        args.run_dir = args.run_dir or Path("runs") / cfg.name
+        if cfg.train.threads:
+            import torch
+
+            torch.set_num_threads(cfg.train.threads)
+        return COMMANDS[args.command](cfg, args)
+    except FaceLockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

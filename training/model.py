@@ -1,0 +1,151 @@
+"""MobileFaceNet-style backbone and ArcFace margin head, plus checkpoint loading.
+
+The backbone takes NCHW float RGB scaled (x - 127.5) / 128 (see `to_tensor`) and returns an
+un-normalised embedding; the served ONNX graph L2-normalises it (see export.py).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import HeadConfig, ModelConfig
+from .errors import TrainingError
+
+MEAN, STD = 127.5, 128.0
+
+
+def to_tensor(crops_bgr: np.ndarray) -> torch.Tensor:
+    """(N, 112, 112, 3) uint8 BGR crops -> (N, 3, 112, 112) float RGB, normalised."""
+    rgb = np.ascontiguousarray(crops_bgr[..., ::-1].transpose(0, 3, 1, 2))
+    return (torch.from_numpy(rgb).float() - MEAN) / STD
+
+
+def _channels(c: int, width: float) -> int:
+    return max(8, int(round(c * width / 8)) * 8)
+
+
+class ConvBn(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int, s: int = 1, groups: int = 1, act: bool = True) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, s, k // 2 if k > 1 else 0, groups=groups, bias=False)]
+        layers.append(nn.BatchNorm2d(cout))
+        if act:
+            layers.append(nn.PReLU(cout))
+        super().__init__(*layers)
+
+
+class Bottleneck(nn.Module):
+    """Inverted residual: 1x1 expand, 3x3 depthwise, linear 1x1 project."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        mid = cin * expansion
+        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(
+            ConvBn(cin, mid, 1),
+            ConvBn(mid, mid, 3, stride, groups=mid),
+            ConvBn(mid, cout, 1, act=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+# (expansion, channels, stride) per stage; repeats come from ModelConfig.blocks.
+_STAGES = ((2, 64, 2), (4, 128, 2), (2, 128, 1), (4, 128, 2), (2, 128, 1))
+
+
+class MobileFaceNet(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        c64 = _channels(64, cfg.width)
+        layers: list[nn.Module] = [ConvBn(3, c64, 3, 2), ConvBn(c64, c64, 3, groups=c64)]
+        cin = c64
+        for (expansion, c, stride), repeats in zip(_STAGES, cfg.blocks, strict=True):
+            cout = _channels(c, cfg.width)
+            for i in range(repeats):
+                layers.append(Bottleneck(cin, cout, stride if i == 0 else 1, expansion))
+                cin = cout
+        c512 = _channels(512, cfg.width)
+        layers.append(ConvBn(cin, c512, 1))
+        self.features = nn.Sequential(*layers)
+        # Global depthwise conv: a learned, position-aware pooling of the final 7x7 map.
+        self.gdc = ConvBn(c512, c512, 7, groups=c512, act=False)
+        self.gdc[0].padding = (0, 0)
+        self.project = nn.Sequential(nn.Conv2d(c512, cfg.embedding_size, 1, bias=False), nn.BatchNorm2d(cfg.embedding_size))
+        self.embedding_size = cfg.embedding_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.gdc(self.features(x))).flatten(1)
+
+
+class ArcFaceHead(nn.Module):
+    """Additive angular margin: logit of the true class is s*cos(theta + m), the others s*cos(theta)."""
+
+    def __init__(self, embedding_size: int, classes: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(classes, embedding_size))
+        nn.init.normal_(self.weight, std=0.01)
+        self.s, self.m = cfg.s, cfg.m
+        # Beyond theta = pi - m, cos(theta + m) stops decreasing; fall back to a linear penalty.
+        self.threshold = math.cos(math.pi - cfg.m)
+        self.fallback = math.sin(math.pi - cfg.m) * cfg.m
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cos = F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float())).clamp(-1 + 1e-7, 1 - 1e-7)
+        target = cos.gather(1, labels[:, None])
+        sin = torch.sqrt(1.0 - target * target)
+        with_margin = target * math.cos(self.m) - sin * math.sin(self.m)
+        with_margin = torch.where(target > self.threshold, with_margin, target - self.fallback)
+        logits = cos.scatter(1, labels[:, None], with_margin)
+        return F.cross_entropy(self.s * logits, labels)
+
+
+def build(cfg: ModelConfig) -> MobileFaceNet:
+    """A fresh backbone, or one started from `cfg.init_from`'s backbone weights."""
+    model = MobileFaceNet(cfg)
+    if cfg.init_from is not None:
+        state = load_checkpoint(cfg.init_from)["backbone"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TrainingError(f"model.init_from {cfg.init_from}: weights do not fit this model config: {exc}") from exc
+    return model
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise TrainingError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise TrainingError(f"checkpoint {path} is unreadable: {exc}") from exc
+
+
+def backbone_from_checkpoint(path: Path) -> tuple[MobileFaceNet, ModelConfig]:
+    """Rebuild the backbone a checkpoint was trained with, in eval mode."""
+    ckpt = load_checkpoint(path)
+    cfg = ModelConfig.model_validate(ckpt["model_config"]).model_copy(update={"init_from": None})
+    model = MobileFaceNet(cfg)
+    model.load_state_dict(ckpt["backbone"])
+    return model.eval(), cfg
+
+
+@torch.no_grad()
+def embed(model: nn.Module, crops_bgr: np.ndarray, batch: int = 128) -> np.ndarray:
+    """L2-normalised embeddings of aligned crops, in eval mode (the caller's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        F.normalize(model(to_tensor(crops_bgr[i : i + batch]).to(device)).float()).cpu().numpy()
+        for i in range(0, len(crops_bgr), batch)
+    ]
+    model.train(was_training)
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 1), np.float32)

@@ -1,0 +1,118 @@
+"""`train`: ArcFace training of the backbone on the train split, early-stopped on val TAR@FAR.
+
+Runs as one process, or as N under `torchrun --nproc_per_node=N -m training train ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facelock_mqtt.metrics import all_pairs_scores, far_key, tar_at_far
+
+from .config import RunConfig, TrainConfig
+from .dataset import Record, labels_of, load_crops, load_manifest, select
+from .distributed import DistEnv, broadcast_floats, setup, teardown
+from .errors import OverfitFailed, TrainingError
+from .loop import LAST, CropDataset, FitResult, Loop, LoopConfig, seed_everything
+from .model import ArcFaceHead, MobileFaceNet, build, embed
+from .overfit import run_overfit
+
+log = logging.getLogger(__name__)
+
+
+class ArcFaceTrainee(nn.Module):
+    def __init__(self, backbone: MobileFaceNet, head: ArcFaceHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images), labels)
+
+
+def tar_scorer(folder: Path, records: list[Record], far: float) -> Callable[[nn.Module], float]:
+    """Validation score: TAR at `far` over all pairs of the (identity-disjoint) val split."""
+    crops = load_crops(folder, records)
+    labels = [r.identity for r in records]
+
+    def score(backbone: nn.Module) -> float:
+        genuine, impostor = all_pairs_scores(embed(backbone, crops), labels)
+        if len(genuine) == 0 or len(impostor) == 0:
+            raise TrainingError("the val split needs identities with two or more images, and two identities")
+        return float(tar_at_far(genuine, impostor, [far])[far_key(far)]["tar"])
+
+    return score
+
+
+def loop_config(cfg: TrainConfig, seed: int, device: torch.device) -> LoopConfig:
+    return LoopConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs, clip_grad=cfg.clip_grad,
+        patience=cfg.patience, workers=cfg.workers, amp=cfg.amp == "auto" and device.type == "cuda",
+        max_steps=cfg.max_steps, seed=seed,
+    )  # fmt: skip
+
+
+def fit_arcface(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, resume: bool = False) -> FitResult:
+    """Train on `folder`'s train split; checkpoints to `out` (rank 0) unless it is None."""
+    seed_everything(cfg.seed)
+    manifest = load_manifest(folder)
+    records = select(manifest, "train")
+    labels, names = labels_of(records)
+    backbone = build(cfg.model)
+    trainee = ArcFaceTrainee(backbone, ArcFaceHead(cfg.model.embedding_size, len(names), cfg.head))
+    validate = tar_scorer(folder, select(manifest, "val"), cfg.train.val_far) if env.main else (lambda _: 0.0)
+    extra = {
+        "model_config": cfg.model.model_dump(mode="json"),
+        "head_config": cfg.head.model_dump(mode="json"),
+        "classes": names,
+        "run": cfg.name,
+        "dataset": str(folder),
+    }
+    loop = Loop(trainee, CropDataset(folder, records, labels, flip=True), loop_config(cfg.train, cfg.seed, env.device),
+                env, out, validate, extra)  # fmt: skip
+    if resume:
+        if out is None or not (out / LAST).is_file():
+            raise TrainingError(f"--resume: no checkpoint {LAST} in {out}")
+        loop.resume(out / LAST)
+    if env.main:
+        log.info("training %d images of %d identities on %d process(es), %s; %d steps per epoch",
+                 len(records), len(names), env.world, env.device, loop.steps_per_epoch)  # fmt: skip
+    return loop.fit()
+
+
+def overfit_gate(cfg: RunConfig, folder: Path, env: DistEnv) -> None:
+    """Rank 0 runs the overfit check; every rank stops when it fails."""
+    passed = 1.0
+    if env.main:
+        result = run_overfit(folder, load_manifest(folder), cfg.model, cfg.head, cfg.train.overfit, cfg.seed)
+        log.info(result.message)
+        passed = float(result.passed)
+        message = result.message
+    if broadcast_floats(env, [passed])[0] < 1:
+        raise OverfitFailed(message if env.main else "overfit check failed on rank 0")
+
+
+def train(cfg: RunConfig, folder: Path, out: Path, resume: bool = False, skip_overfit: bool = False) -> FitResult:
+    env = setup(cfg.train.threads)
+    try:
+        if env.main:
+            out.mkdir(parents=True, exist_ok=True)
+            # Every setting of the run, logged where its checkpoints are.
+            (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+        if not skip_overfit and not resume:
+            overfit_gate(cfg, folder, env)
+        result = fit_arcface(cfg, folder, env, out, resume)
+        if env.main:
+            (out / "result.json").write_text(json.dumps({
+                "best_val_tar": result.best_score, "val_far": cfg.train.val_far, "epochs": result.epochs_run,
+                "steps": result.steps, "stopped_early": result.stopped_early, "processes": env.world,
+            }, indent=2))  # fmt: skip
+        return result
+    finally:
+        teardown(env)
