@@ -17,10 +17,6 @@ class ImageError(FaceLockError):
     """An image could not be read or decoded."""
 
 
-class NoFaceError(FaceLockError):
-    """No usable face was found where one was required."""
-
-
 class EnrollmentError(FaceLockError):
     """An enrollment was refused; nothing was written."""
 
