@@ -184,7 +184,10 @@ class EmbeddedBroker:
             self.stats["timeouts"] += 1
             log.info("embedded broker: client %s timed out", client.client_id if client else "?")
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the peer went away; its will (if any) goes out below
+            self.stats["lost"] += 1  # the peer went away without DISCONNECT; its will goes out below
+        except Exception:  # a broker bug must cost one connection, never the broker
+            self.stats["errors"] += 1
+            log.exception("embedded broker: error serving client %s", client.client_id if client else "?")
         finally:
             if client is not None:
                 self._drop(client, publish_will=not clean)
@@ -265,6 +268,7 @@ class EmbeddedBroker:
         while True:
             kind, flags, data = await asyncio.wait_for(read_packet(reader, self.max_packet), timeout)
             if kind == DISCONNECT:
+                self.stats["disconnects"] += 1
                 return True
             self._dispatch(client, kind, flags, Body(data))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Iterator
 
 import paho.mqtt.client as paho
@@ -242,3 +243,20 @@ def test_service_runs_against_the_embedded_broker() -> None:
         watcher.close()
         bridge.stop()
         broker.stop()
+
+
+def test_random_bytes_after_connect_never_take_the_broker_down(broker: EmbeddedBroker, publisher: paho.Client) -> None:
+    rng = random.Random(1234)
+    sub = Collector(broker.host, broker.port, ["alive"])
+    for batch in range(2):  # each batch stays under the broker's client limit
+        socks = []
+        for i in range(80):
+            noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+            socks.append(raw_socket(broker.host, broker.port, raw_connect(f"fuzz{batch}-{i}", keepalive=1) + noise))
+        for sock in socks:
+            assert read_until_closed(sock).startswith(CONNACK_OK)  # accepted, then dropped or timed out
+    assert broker.stats["connections"] == 2 + 160
+    endings = broker.stats["malformed"] + broker.stats["timeouts"] + broker.stats["disconnects"]
+    assert endings == 160 and broker.stats["malformed"] > 0 and broker.stats["errors"] == 0
+    send(publisher, "alive", b"still")
+    sub.wait_for("alive", b"still")
