@@ -1,4 +1,5 @@
-"""Test helpers: a real paho subscriber that records what it receives, and raw MQTT packets."""
+"""Test helpers: a real paho subscriber that records what it receives, raw MQTT packets, and the
+one test double the project allows: a fake door relay."""
 
 from __future__ import annotations
 
@@ -140,3 +141,29 @@ def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
     while chunk := sock.recv(4096):
         data += chunk
     return data
+
+
+# --- the door's hardware, and Home Assistant's rendering of a lock command ----------------------------
+
+
+class FakeRelay:
+    """The one mock allowed: the door's hardware. Records calls; may be told to fail."""
+
+    def __init__(self, fail_unlock: bool = False, fail_lock: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail_unlock, self.fail_lock = fail_unlock, fail_lock
+
+    def unlock(self) -> None:
+        self.calls.append("unlock")
+        if self.fail_unlock:
+            raise OSError("relay board not answering")
+
+    def lock(self) -> None:
+        self.calls.append("lock")
+        if self.fail_lock:
+            raise OSError("relay board not answering")
+
+
+def render(template: str, value: str, code: str | None) -> bytes:
+    """Home Assistant's rendering of the lock command template (Jinja, these two variables)."""
+    return template.replace("{{ value }}", value).replace("{{ code }}", str(code)).encode()

@@ -1,5 +1,6 @@
-"""Home Assistant over MQTT against a real Mosquitto: discovery, the lock, availability,
-re-announcement, broker restarts, TLS; plus the lock state machine with a fake relay."""
+"""Home Assistant over MQTT against a real Mosquitto: discovery, the lock over MQTT, availability,
+re-announcement, a broker restart, decisions, sensors, snapshots and the lockout button.
+(TLS: test_mqtt_tls.py; the lock state machine alone: test_lock.py.)"""
 
 from __future__ import annotations
 
@@ -7,24 +8,18 @@ import json
 import os
 import re
 import signal
-import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Mosquitto
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from mqtt_client import Collector, wait_until
+from mqtt_client import Collector, FakeRelay, render, wait_until
 from pydantic import SecretStr
 
-from facelock_mqtt.errors import ConfigError
-from facelock_mqtt.lock import COMMAND_TEMPLATE, PIN_TRIES, Command, CommandRejected, DoorLock, LockState, parse_command
-from facelock_mqtt.mqtt import MqttConnection
+from facelock_mqtt.lock import COMMAND_TEMPLATE, LockState
 from facelock_mqtt.publish import HomeAssistantBridge
 from facelock_mqtt.settings import LockSettings, MqttSettings
 from facelock_mqtt.topics import Topics
@@ -44,29 +39,6 @@ REQUIRED = {
     "sensor": {"state_topic"},
     "button": {"command_topic", "payload_press"},
 }
-
-
-class FakeRelay:
-    """The one mock allowed: the door's hardware. Records calls; may be told to fail."""
-
-    def __init__(self, fail_unlock: bool = False, fail_lock: bool = False) -> None:
-        self.calls: list[str] = []
-        self.fail_unlock, self.fail_lock = fail_unlock, fail_lock
-
-    def unlock(self) -> None:
-        self.calls.append("unlock")
-        if self.fail_unlock:
-            raise OSError("relay board not answering")
-
-    def lock(self) -> None:
-        self.calls.append("lock")
-        if self.fail_lock:
-            raise OSError("relay board not answering")
-
-
-def render(template: str, value: str, code: str | None) -> bytes:
-    """Home Assistant's rendering of the lock command template (Jinja, these two variables)."""
-    return template.replace("{{ value }}", value).replace("{{ code }}", str(code)).encode()
 
 
 @pytest.fixture
@@ -266,19 +238,6 @@ def test_pin_is_required_for_remote_unlock(
         assert wait_relocked(watcher) == [b"UNLOCKING", b"UNLOCKED", b"LOCKED"]
     finally:
         running.stop()
-
-
-def test_pin_guessing_blocks_remote_unlock_but_not_lock() -> None:
-    relay = FakeRelay()
-    lock = DoorLock("front_door", LockSettings(pin=SecretStr(PIN)), relay)
-    for guess in range(PIN_TRIES):
-        assert lock.handle_command(render(COMMAND_TEMPLATE, "UNLOCK", f"{guess:04d}")) is None
-    assert lock.handle_command(render(COMMAND_TEMPLATE, "UNLOCK", PIN)) is None  # right PIN, too late
-    assert lock.rejected["pin_blocked"] == 1 and lock.rejected["wrong_code"] == PIN_TRIES
-    assert lock.handle_command(b"LOCK") is Command.LOCK  # locking is never blocked
-    assert lock.unlock_for("alice")  # nor is the face path
-    assert relay.calls.count("unlock") == 1
-    lock.close()
 
 
 # --- availability, re-announcement, outages -----------------------------------------------------------
@@ -484,224 +443,3 @@ def test_snapshot_topic_feeds_fresh_payloads_and_survives_handler_errors(
     wait_until(lambda: len(frames) == 2, what="fresh frames")
     assert frames == [b"frame-1", b"frame-2"] and bridge.mqtt.stats["handler_errors"] == 1
     watcher.publish(topic, b"", retain=True)
-
-
-# --- TLS -------------------------------------------------------------------------------------------------
-
-
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def issue(folder: Path, name: str, subject: str, ext: str) -> None:
-    """A key and a certificate signed by the test CA in `folder`."""
-    (folder / f"{name}.ext").write_text(ext + "\n")
-    openssl(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        subject,
-        "-keyout",
-        str(folder / f"{name}.key"),
-        "-out",
-        str(folder / f"{name}.csr"),
-    )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(folder / f"{name}.csr"),
-        "-CA",
-        str(folder / "ca.crt"),
-        "-CAkey",
-        str(folder / "ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        str(folder / f"{name}.ext"),
-        "-out",
-        str(folder / f"{name}.crt"),
-    )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
-    folder = tmp_path_factory.mktemp("pki")
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=FaceLock test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout",
-        str(folder / "ca.key"),
-        "-out",
-        str(folder / "ca.crt"),
-    )
-    issue(folder, "server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
-    issue(folder, "client", "/CN=facelock", "extendedKeyUsage=clientAuth")
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(folder / "passwd"), "facelock", "s3cret"], check=True)
-    return folder
-
-
-def tls_broker(tmp_path: Path, pki: Path, require_certificate: bool) -> Mosquitto:
-    conf = (
-        f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"
-        f"require_certificate {str(require_certificate).lower()}\n"
-        f"password_file {pki / 'passwd'}\nallow_anonymous false\nuser root\n"
-    )
-    broker = Mosquitto(tmp_path, extra_conf=conf)
-    broker.start()
-    return broker
-
-
-def tls_bridge(broker: Mosquitto, pki: Path, password: str, base: str, cert: bool = False) -> HomeAssistantBridge:
-    settings = MqttSettings(
-        host=broker.host,
-        port=broker.port,
-        tls=True,
-        ca_file=pki / "ca.crt",
-        username="facelock",
-        password=SecretStr(password),
-        base_topic=base,
-        client_id=base,
-        cert_file=pki / "client.crt" if cert else None,
-        key_file=pki / "client.key" if cert else None,
-    )
-    return HomeAssistantBridge(settings, ["front_door"], FAST, lambda door: FakeRelay())
-
-
-def test_tls_with_username_and_password(tmp_path: Path, pki: Path) -> None:
-    broker = tls_broker(tmp_path, pki, require_certificate=False)
-    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    watcher = Collector(broker.host, broker.port, ["+/availability"], tls=context, auth=("facelock", "s3cret"))
-    good, bad = tls_bridge(broker, pki, "s3cret", "good"), tls_bridge(broker, pki, "wrong", "bad")
-    try:
-        good.start()
-        bad.start()
-        watcher.wait_for("good/availability", b"online")
-        wait_until(lambda: bad.mqtt.stats["refused"] >= 1, what="wrong password refused")
-        assert not bad.mqtt.connected.is_set() and watcher.on("bad/availability") == []
-    finally:
-        for bridge in (good, bad):
-            bridge.stop()
-        watcher.close()
-        broker.stop()
-
-
-def test_tls_with_client_certificate(tmp_path: Path, pki: Path) -> None:
-    broker = tls_broker(tmp_path, pki, require_certificate=True)
-    with_cert = tls_bridge(broker, pki, "s3cret", "withcert", cert=True)
-    try:
-        with_cert.start()
-        wait_until(with_cert.mqtt.connected.is_set, what="TLS connection with a client certificate")
-        assert with_cert.mqtt.stats["connects"] == 1
-    finally:
-        with_cert.stop()
-        broker.stop()
-
-
-def test_tls_settings_errors_name_the_setting(tmp_path: Path, pki: Path) -> None:
-    missing = MqttSettings(host="127.0.0.1", tls=True, ca_file=tmp_path / "nope.crt")
-    with pytest.raises(ConfigError, match="mqtt.ca_file"):
-        MqttConnection(missing, TOPICS)
-    (tmp_path / "bad.crt").write_text("not a certificate")
-    with pytest.raises(ConfigError, match="mqtt.tls"):
-        MqttConnection(MqttSettings(host="127.0.0.1", tls=True, ca_file=tmp_path / "bad.crt"), TOPICS)
-    with pytest.raises(ConfigError, match="mqtt.host"):
-        MqttConnection(MqttSettings(), TOPICS)
-    with pytest.raises(ValueError, match="tls"):
-        MqttSettings(ca_file=pki / "ca.crt")
-
-
-# --- the lock state machine (fake relay, no broker) ---------------------------------------------------------
-
-
-def recorder() -> tuple[list[LockState], Callable[[str, LockState], None]]:
-    states: list[LockState] = []
-    return states, lambda door, state: states.append(state)
-
-
-def test_relay_failure_on_unlock_keeps_the_door_locked() -> None:
-    states, on_state = recorder()
-    relay = FakeRelay(fail_unlock=True)
-    lock = DoorLock("front_door", FAST, relay, on_state)
-    assert lock.unlock_for("alice") is False
-    assert lock.state is LockState.LOCKED and relay.calls == ["lock", "unlock", "lock"]
-    assert LockState.UNLOCKING not in states
-    lock.close()
-
-
-def test_relay_failure_on_lock_reports_jammed_and_retries() -> None:
-    states, on_state = recorder()
-    relay = FakeRelay(fail_lock=True)
-    lock = DoorLock("front_door", FAST, relay, on_state)
-    assert lock.state is LockState.JAMMED
-    relay.fail_lock = False  # the relay recovers; the retry timer locks the door
-    wait_until(lambda: lock.state is LockState.LOCKED, what="retry")
-    assert states == [LockState.JAMMED, LockState.LOCKED]
-    lock.close()
-
-
-def test_state_callback_errors_do_not_stop_the_lock() -> None:
-    def broken(door: str, state: LockState) -> None:
-        raise ConnectionError("publish failed")
-
-    lock = DoorLock("front_door", LockSettings(relock_s=1, unlocking_s=0), FakeRelay(), broken)
-    assert lock.unlock_for("alice") and lock.state is LockState.UNLOCKING
-    wait_until(lambda: lock.state is LockState.UNLOCKED, what="unlocked")
-    lock.close()
-    assert lock.state is LockState.LOCKED
-
-
-def test_concurrent_unlocks_energise_the_relay_once_and_close_cancels_relock() -> None:
-    relay = FakeRelay()
-    lock = DoorLock("front_door", LockSettings(relock_s=60, unlocking_s=0), relay)
-    threads = [threading.Thread(target=lock.unlock_for, args=(f"p{i}",)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert relay.calls.count("unlock") == 1
-    lock.handle_command(b"LOCK")
-    assert lock.state is LockState.LOCKED
-    lock.close()
-    assert lock.unlock_for("late") is False and relay.calls.count("unlock") == 1
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.one_of(
-        st.binary(max_size=300),
-        st.text(max_size=80).map(str.encode),
-        st.fixed_dictionaries(
-            {
-                "action": st.sampled_from(["LOCK", "UNLOCK", "OPEN", "unlock"]),
-                "code": st.one_of(st.none(), st.text(max_size=6), st.integers()),
-            }
-        ).map(lambda d: json.dumps(d).encode()),
-    )
-)
-def test_no_payload_opens_a_pin_protected_lock_without_the_pin(payload: bytes) -> None:
-    try:
-        command = parse_command(payload, SecretStr(PIN))
-    except CommandRejected as exc:
-        assert exc.reason
-        return
-    assert command is Command.LOCK or json.loads(payload)["code"] == PIN
