@@ -115,10 +115,10 @@ class MqttConnection:
             log.error("MQTT broker %s:%d refused the connection: %s", self._settings.host, self._settings.port, reason)
             return  # not connected: no subscriptions, no `online`
         self.stats["connects"] += 1
+        self.connected.set()  # before announcing, so that no state update falls between the two
         client.subscribe([(topic_filter, 1) for topic_filter in self._handlers])
         self._run_announce()
         client.publish(self._topics.availability, ONLINE, qos=1, retain=True)
-        self.connected.set()
         log.info("connected to MQTT broker %s:%d", self._settings.host, self._settings.port)
 
     def _on_disconnect(

@@ -177,12 +177,8 @@ class HomeAssistantBridge:
         for door, lock in self.locks.items():
             for topic, config in discovery_messages(self.topics, door, self._node, lock.pin_required).items():
                 self.mqtt.publish(topic, json.dumps(config), qos=1, retain=True)
-            self._publish_lock_state(door, lock.state)
-            self.mqtt.publish(self.topics.motion(door), "ON" if self._motion[door] else "OFF", qos=1, retain=True)
-            for key, value in self._sensors[door].items():
-                self.mqtt.publish(self.topics.sensor(door, key), value, qos=1, retain=True)
-            if door in self._snapshots:
-                self.mqtt.publish(self.topics.image(door), self._snapshots[door], qos=1, retain=True)
+            for topic, payload in self._states(door).items():
+                self.mqtt.publish(topic, payload, qos=1, retain=True)
 
     def publish_decision(
         self, door: str, event: Mapping[str, Any], snapshot_jpeg: bytes | None = None
@@ -203,13 +199,13 @@ class HomeAssistantBridge:
         self.publish_sensors(door, {key: value for key, value in last.items() if value is not None})
         if snapshot_jpeg is not None:
             self._snapshots[door] = snapshot_jpeg
-            self.mqtt.publish(self.topics.image(door), snapshot_jpeg, qos=1, retain=True)
+            self._publish_state(self.topics.image(door), snapshot_jpeg)
         return payload
 
     def publish_motion(self, door: str, on: bool) -> None:
         self._check_door(door)
         self._motion[door] = on
-        self.mqtt.publish(self.topics.motion(door), "ON" if on else "OFF", qos=1, retain=True)
+        self._publish_state(self.topics.motion(door), "ON" if on else "OFF")
 
     def publish_sensors(self, door: str, values: Mapping[str, Any]) -> None:
         """Publish sensor values (keys of SENSORS; floats rounded to 4 decimals), retained."""
@@ -221,7 +217,7 @@ class HomeAssistantBridge:
                 raise ValueError(f"sensor {key!r}: {value} is not a finite number")
             text = str(round(value, 4)) if isinstance(value, float) else str(value)
             self._sensors[door][key] = text
-            self.mqtt.publish(self.topics.sensor(door, key), text, qos=1, retain=True)
+            self._publish_state(self.topics.sensor(door, key), text)
 
     def on_snapshot(self, topic: str, callback: Callable[[bytes], None]) -> None:
         """Hand each fresh payload on `topic` (e.g. a Frigate snapshot) to `callback`.
@@ -255,7 +251,23 @@ class HomeAssistantBridge:
         callback()
 
     def _publish_lock_state(self, door: str, state: LockState) -> None:
-        self.mqtt.publish(self.topics.lock_state(door), state.value, qos=1, retain=True)
+        self._publish_state(self.topics.lock_state(door), state.value)
+
+    def _states(self, door: str) -> dict[str, str | bytes]:
+        states: dict[str, str | bytes] = {
+            self.topics.lock_state(door): self.locks[door].state.value,
+            self.topics.motion(door): "ON" if self._motion[door] else "OFF",
+        }
+        states.update({self.topics.sensor(door, key): value for key, value in self._sensors[door].items()})
+        if door in self._snapshots:
+            states[self.topics.image(door)] = self._snapshots[door]
+        return states
+
+    def _publish_state(self, topic: str, payload: str | bytes) -> None:
+        """Retained states are skipped while the broker is away: announce() sends the latest on
+        reconnect, and a long outage must not fill the outbox that decision events need."""
+        if self.mqtt.connected.is_set():
+            self.mqtt.publish(topic, payload, qos=1, retain=True)
 
     def _check_door(self, door: str) -> None:
         if door not in self.locks:

@@ -305,33 +305,36 @@ def test_home_assistant_birth_triggers_reannouncement(bridge: HomeAssistantBridg
 def test_broker_restart_loses_no_decision_event(tmp_path: Path, relays: dict[str, FakeRelay]) -> None:
     """Mosquitto stops mid-run and comes back on the same port. The watcher keeps a persistent
     session (saved by this broker) so that it is subscribed before the bridge is back; every
-    event the bridge published before, during and after the outage must arrive."""
+    event the bridge published before, during and after the outage must arrive, and states
+    updated during the outage arrive as their latest value."""
     broker = Mosquitto(tmp_path, extra_conf=f"persistence true\npersistence_location {tmp_path}/\nuser root\n")
     broker.start()
-    watcher = Collector(
-        broker.host,
-        broker.port,
-        ["facelock/+/event", "homeassistant/lock/#", TOPICS.availability],
-        client_id="restart-watcher",
-        clean_session=False,
-    )
+    fps = TOPICS.sensor("front_door", "fps")
+    topics = ["facelock/+/event", "homeassistant/lock/#", TOPICS.availability, fps]
+    watcher = Collector(broker.host, broker.port, topics, client_id="restart-watcher", clean_session=False)
     running = make_bridge(broker, relays)
     running.start()
     sent: list[str] = []
+
+    def received() -> set[str]:
+        return {json.loads(p)["id"] for p in watcher.payloads(TOPICS.event("front_door"))}
+
     try:
         watcher.wait_for(TOPICS.availability, b"online")
         publish_events(running, sent, 20)
         broker.stop()
         wait_until(lambda: not running.mqtt.connected.is_set(), what="bridge sees the outage")
         publish_events(running, sent, 20)  # while the broker is down
+        for value in range(50):
+            running.publish_sensors("front_door", {"fps": float(value)})
         broker.start()
         publish_events(running, sent, 20)
         wait_until(lambda: running.mqtt.stats["connects"] == 2, what="reconnect")
         wait_until(lambda: watcher.payloads(TOPICS.availability).count(b"online") == 2, what="online again")
-        ids = lambda: {json.loads(p)["id"] for p in watcher.payloads(TOPICS.event("front_door"))}  # noqa: E731
-        wait_until(lambda: ids() >= set(sent), timeout=30, what="every event")
-        assert ids() == set(sent)
+        wait_until(lambda: received() >= set(sent), timeout=30, what="every event")
+        assert received() == set(sent)
         assert len(watcher.on("homeassistant/lock/facelock_front_door/lock/config")) >= 2  # re-announced
+        assert watcher.payloads(fps) == [b"49.0"]  # only the latest value, sent by the re-announcement
     finally:
         running.stop()
         watcher.close()
