@@ -1,0 +1,241 @@
+"""The `facelock` command line: errors on bad input, and the --json reports of each command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facelock_mqtt.bundle import Bundle
+from facelock_mqtt.cli import main
+from facelock_mqtt.default_bundle import default_bundle
+
+ALICE = ["person01/img1.jpg", "person01/img2.jpg"]
+BOB = ["person03/img47.jpg", "person03/img48.jpg"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return default_bundle(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh data folder (own gallery) that shares the already built default bundle."""
+    data = tmp_path / "facelock"
+    data.mkdir()
+    (data / "bundles").symlink_to(bundle.path.parent, target_is_directory=True)
+    monkeypatch.setenv("FACELOCK_DATA_DIR", str(data))
+    monkeypatch.setenv("FACELOCK_OPTIONS_FILE", str(tmp_path / "no-options.json"))
+    return data
+
+
+@pytest.fixture
+def deepface(shared_data: Path) -> Path:
+    return shared_data / "deepface"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> None:
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("facelock: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["enroll"], ["enroll", "alice"], ["eval", "lfw"], ["eval", "mnist", "--data", "x"],
+     ["--threads", "abc", "people"], ["verify", "a.jpg"]],
+    ids=["none", "unknown-command", "enroll-nothing", "enroll-no-images", "eval-no-data", "eval-bad-protocol",
+         "threads-not-int", "verify-one-image"],
+)  # fmt: skip
+def test_bad_arguments_exit_2_with_an_error_line(capsys: pytest.CaptureFixture[str], data_dir: Path, argv: list[str]) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1] and errors[0].startswith("facelock")
+
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [(["--threads", "0", "people"], "model.threads"), (["--target-far", "0.5", "people"], "match.target_far")],
+)
+def test_invalid_settings_give_one_line_naming_the_setting(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, argv: list[str], fragment: str
+) -> None:
+    assert_one_line_error(*run(capsys, *argv), "invalid settings", fragment)
+
+
+def test_missing_image_file(capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jpg"
+    assert_one_line_error(*run(capsys, "enroll", "alice", str(missing)), str(missing), "no such file")
+    assert_one_line_error(*run(capsys, "identify", str(missing)), "no such file")
+    assert not (data_dir / "gallery.db").exists() or run_json(capsys, "people") == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\x00" * 64],
+    ids=["empty", "text", "jpeg-header-only"],
+)
+def test_unreadable_image(capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path, content: bytes) -> None:
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(content)
+    assert_one_line_error(*run(capsys, "identify", str(corrupt)), str(corrupt))
+    assert_one_line_error(*run(capsys, "verify", str(corrupt), str(corrupt)), str(corrupt))
+
+
+def test_truncated_photo_is_refused(capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path, deepface: Path) -> None:
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes((deepface / ALICE[0]).read_bytes()[:1000])
+    assert_one_line_error(*run(capsys, "enroll", "alice", str(truncated)), "not a decodable image")
+
+
+def test_folder_given_as_image(capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path) -> None:
+    assert_one_line_error(*run(capsys, "identify", str(tmp_path)), "cannot read")
+
+
+def test_refused_enrollment_is_one_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, deepface: Path
+) -> None:
+    code, out, err = run(capsys, "enroll", "carol", str(deepface / ALICE[0]), str(deepface / "scenes/couple.jpg"))
+    assert_one_line_error(code, out, err, "enrollment refused, nothing written", "faces found")
+    assert run_json(capsys, "people") == []
+
+
+def test_enroll_people_identify_verify_remove(capsys: pytest.CaptureFixture[str], data_dir: Path, deepface: Path) -> None:
+    assert run_json(capsys, "enroll", "alice", *(str(deepface / f) for f in ALICE)) == {"person": "alice", "added": 2}
+    assert run_json(capsys, "enroll", "bob", *(str(deepface / f) for f in BOB)) == {"person": "bob", "added": 2}
+    people = run_json(capsys, "people")
+    assert [(p["name"], p["samples"]) for p in people] == [("alice", 2), ("bob", 2)]
+
+    found = run_json(capsys, "identify", str(deepface / "person01/img10.jpg"))
+    assert found["person"] == "alice" and found["accepted"] is True and found["reason"] == "match"
+    assert found["second_person"] == "bob" and found["score"] > found["threshold"]
+    assert found["margin"] == pytest.approx(found["score"] - found["second_score"], abs=2e-4)
+    assert found["target_far"] == 1e-5 and found["faces"] == 1 and found["quality"] == {"ok": True, "reasons": []}
+
+    stranger = run_json(capsys, "identify", str(deepface / "person04/img14.jpg"))
+    assert stranger["accepted"] is False and stranger["score"] < stranger["threshold"]
+
+    same = run_json(capsys, "verify", str(deepface / ALICE[0]), str(deepface / "person01/img10.jpg"))
+    assert same["same_person"] is True and same["score"] > same["threshold"]
+    different = run_json(capsys, "verify", str(deepface / ALICE[0]), str(deepface / BOB[0]))
+    assert different["same_person"] is False and different["threshold"] == same["threshold"]
+
+    assert run_json(capsys, "people", "--remove", "alice") == {"removed": "alice"}
+    assert [p["name"] for p in run_json(capsys, "people")] == ["bob"]
+    assert_one_line_error(*run(capsys, "people", "--remove", "alice"), "no enrolled person named 'alice'")
+
+
+def test_identify_without_a_face(capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 90, np.uint8))
+    found = run_json(capsys, "identify", str(blank))
+    assert found == {"reason": "no face", "accepted": False}
+
+
+def test_text_output_without_json(capsys: pytest.CaptureFixture[str], data_dir: Path, deepface: Path) -> None:
+    code, out, _ = run(capsys, "people")
+    assert code == 0 and out.strip() == "nobody enrolled"
+    code, out, _ = run(capsys, "verify", str(deepface / ALICE[0]), str(deepface / ALICE[1]))
+    assert code == 0 and out.startswith("same person (score ")
+
+
+def small_lfw(shared_data: Path, target: Path) -> Path:
+    """An LFW-style folder of 4 people with a 2-fold, 2+2-pairs-per-fold pairs.txt."""
+    lfw = shared_data / "lfw_aligned_112"
+    people = {"Akhmed_Zakayev": [1, 2, 3], "Amber_Tamblyn": [1, 2], "Dean_Barker": [1], "Abel_Pacheco": [1, 4]}
+    for name, numbers in people.items():
+        (target / name).mkdir(parents=True)
+        for n in numbers:
+            shutil.copy(lfw / name / f"{name}_{n:04d}.jpg", target / name)
+    pairs = [
+        "2\t2", "Akhmed_Zakayev\t1\t3", "Amber_Tamblyn\t1\t2", "Akhmed_Zakayev\t1\tDean_Barker\t1",
+        "Amber_Tamblyn\t1\tAbel_Pacheco\t4", "Abel_Pacheco\t1\t4", "Akhmed_Zakayev\t2\t3",
+        "Abel_Pacheco\t1\tDean_Barker\t1", "Akhmed_Zakayev\t2\tAmber_Tamblyn\t2",
+    ]  # fmt: skip
+    (target / "pairs.txt").write_text("\n".join(pairs) + "\n")
+    return target
+
+
+def test_eval_lfw_json_report(capsys: pytest.CaptureFixture[str], data_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    data = small_lfw(shared_data, tmp_path / "lfw")
+    report_file = tmp_path / "lfw.json"
+    code, out, err = run(capsys, "eval", "lfw", "--data", str(data), "--json", str(report_file))
+    assert code == 0, err
+    assert out.startswith("LFW 10-fold accuracy ")
+    report = json.loads(report_file.read_text())
+    # Two folds of four pairs: each fold's threshold comes from the other fold alone.
+    assert 0.5 <= report["accuracy"] <= 1.0 and report["accuracy_std"] >= 0.0
+    assert set(report["tar_at_far"]) == {"1e-3", "1e-4", "1e-5", "1e-6"}
+    assert set(report["threshold_at_far"]) == set(report["tar_at_far"])
+    # 8 images of 4 people: 3 + 1 + 1 genuine pairs, 28 - 5 impostor pairs; far too few for low FARs.
+    assert (report["n_genuine"], report["n_impostor"], report["n_images"]) == (5, 23, 8)
+    assert not any(report["far_supported"].values())
+    assert report["ms_per_face"] > 0
+
+
+def test_eval_lfw_errors(capsys: pytest.CaptureFixture[str], data_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    data = small_lfw(shared_data, tmp_path / "lfw")
+    assert_one_line_error(*run(capsys, "eval", "lfw", "--data", str(data), "--pairs", str(tmp_path / "x.txt")), "not found")
+    (data / "pairs.txt").write_text("2\t2\nAkhmed_Zakayev\t1\t3\n")
+    assert_one_line_error(*run(capsys, "eval", "lfw", "--data", str(data)), "expected 8 pairs, found 1")
+    assert_one_line_error(*run(capsys, "eval", "folder", "--data", str(tmp_path / "none")), "is not a folder")
+
+
+def test_eval_folder_json_report(capsys: pytest.CaptureFixture[str], data_dir: Path, deepface: Path, tmp_path: Path) -> None:
+    data = tmp_path / "faces"
+    for name, files in {"alice": ALICE + ["person01/img10.jpg"], "bob": BOB}.items():
+        (data / name).mkdir(parents=True)
+        for i, file in enumerate(files):
+            shutil.copy(deepface / file, data / name / f"{i}_centerlight.jpg")
+    shutil.copy(deepface / "person03/img8.jpg", data / "bob" / "9_leftlight.jpg")
+    cv2.imwrite(str(data / "bob" / "wall.png"), np.full((240, 320, 3), 90, np.uint8))
+    report_file = tmp_path / "folder.json"
+    code, out, err = run(capsys, "eval", "folder", "--data", str(data), "--json", str(report_file))
+    assert code == 0, err
+    report = json.loads(report_file.read_text())
+    assert (report["n_images"], report["n_no_face"], report["n_genuine"], report["n_impostor"]) == (7, 1, 6, 9)
+    assert report["no_face"] == [str(data / "bob" / "wall.png")]
+    assert set(report["slices"]) == {"all", "centerlight", "leftlight"}
+    assert report["slices"]["leftlight"]["n_images"] == 1
+    assert report["slices"]["leftlight"]["n_genuine"] == 2 and report["slices"]["leftlight"]["n_impostor"] == 3
+    assert report["tar_at_far"]["1e-3"] == 1.0
+    assert report["worst_slice"] in {"centerlight", "leftlight"}
+    calibrated = report["slices"]["all"]["at_calibrated"]["1e-5"]
+    assert calibrated["tar"] == 1.0 and calibrated["far"] == 0.0
+
+
+def test_console_script_error_is_one_line(tmp_path: Path, bundle: Bundle) -> None:
+    script = shutil.which("facelock")
+    assert script is not None, "the facelock console script is not installed (pip install -e .)"
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\x89PNG broken")
+    env = {**os.environ, "FACELOCK_DATA_DIR": str(bundle.path.parent.parent), "FACELOCK_OPTIONS_FILE": str(tmp_path / "none")}
+    done = subprocess.run([script, "identify", str(corrupt)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"facelock: error: {corrupt}: data is not a decodable image"]
