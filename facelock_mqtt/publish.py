@@ -194,7 +194,7 @@ class HomeAssistantBridge:
         if snapshot_jpeg is not None and not snapshot_jpeg.startswith(JPEG_MAGIC):
             raise ValueError("snapshot_jpeg is not a JPEG")
         payload = {"id": uuid.uuid4().hex, "door": door, "timestamp": round(time.time(), 3), **event}
-        self.mqtt.publish(self.topics.event(door), json.dumps(payload), qos=1, retain=False)
+        self.mqtt.publish(self.topics.event(door), json.dumps(payload, allow_nan=False), qos=1, retain=False)
         last = {"last_person": event.get("person"), "last_score": event.get("score")}
         self.publish_sensors(door, {key: value for key, value in last.items() if value is not None})
         if snapshot_jpeg is not None:
