@@ -358,9 +358,19 @@ class EmbeddedBroker:
 
 
 def embedded_broker_for(settings: MqttSettings) -> tuple[MqttSettings, EmbeddedBroker | None]:
-    """When `mqtt.host` is empty, start an embedded broker on localhost and point settings at it."""
+    """When `mqtt.host` is empty, start an embedded broker on localhost and point settings at it.
+
+    The configured port is tried first; when it is taken (often by a broker already running on
+    the machine), a free port is used and logged, so the service still starts.
+    """
     if settings.host is not None:
         return settings, None
     broker = EmbeddedBroker("127.0.0.1", settings.port)
-    broker.start()
+    try:
+        broker.start()
+    except ConfigError as exc:
+        log.warning("%s; the embedded broker takes a free port instead", exc)
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        broker.start()
+    log.info("no MQTT broker configured: embedded broker on 127.0.0.1:%d", broker.port)
     return settings.model_copy(update={"host": "127.0.0.1", "port": broker.port, "tls": False}), broker

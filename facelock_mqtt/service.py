@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .audit import AUDIT_FILE, AuditLog
-from .broker import EmbeddedBroker
+from .broker import embedded_broker_for
 from .door import Door, Guards
 from .errors import ConfigError
 from .liveness import liveness_status, load_liveness
@@ -65,21 +65,6 @@ def supervisor_mqtt(settings: MqttSettings) -> MqttSettings:
     )
 
 
-def start_broker(settings: MqttSettings) -> tuple[MqttSettings, EmbeddedBroker | None]:
-    """No broker configured: serve one on localhost (the configured port, else a free one)."""
-    if settings.host is not None:
-        return settings, None
-    broker = EmbeddedBroker("127.0.0.1", settings.port)
-    try:
-        broker.start()
-    except OSError as exc:
-        log.warning("port %d is taken (%s); the embedded broker picks a free port", settings.port, exc)
-        broker = EmbeddedBroker("127.0.0.1", 0)
-        broker.start()
-    log.info("no MQTT broker configured: embedded broker on 127.0.0.1:%d", broker.port)
-    return settings.model_copy(update={"host": "127.0.0.1", "port": broker.port, "tls": False}), broker
-
-
 class Service:
     def __init__(
         self,
@@ -102,7 +87,7 @@ class Service:
             audit=AuditLog(data_dir / AUDIT_FILE, settings.audit),
             liveness=load_liveness(liveness_dir, settings.model.threads),
         )
-        mqtt_settings, self.broker = start_broker(supervisor_mqtt(settings.mqtt))
+        mqtt_settings, self.broker = embedded_broker_for(supervisor_mqtt(settings.mqtt))
         doors = [c.name for c in self.cameras]
         self.bridge = HomeAssistantBridge(mqtt_settings, doors, settings.lock, relay_factory)
         self.sources: dict[str, FrameSource] = {c.name: open_source(c, realtime=realtime) for c in self.cameras}

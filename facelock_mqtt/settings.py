@@ -64,11 +64,14 @@ class QualitySettings(Section):
 
 
 class MatchSettings(Section):
+    # Per comparison. An attempt compares a probe with every template and its frames are
+    # strongly correlated, so the attempt's false-accept rate is bounded by about
+    # templates x target_far: 1e-6 keeps a 100-template gallery under 1 in 10,000.
     target_far: float = Field(
-        1e-5,
+        1e-6,
         gt=0.0,
         lt=0.01,
-        description="False-accept rate per comparison the threshold is calibrated for (1e-5 = one in 100,000).",
+        description="False-accept rate per comparison the threshold is calibrated for (1e-6 = one in a million).",
     )
     min_margin: float = Field(
         0.05, ge=0.0, le=1.0, description="Least cosine margin of the best person over the second-best person."
