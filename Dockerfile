@@ -1,0 +1,37 @@
+# FaceLock add-on image, built by the Supervisor with the repository root as context.
+# Debian (glibc), not Alpine (musl): onnxruntime and OpenCV ship only glibc wheels. The official
+# Python image is multi-arch (amd64, arm64), so one fixed FROM serves both add-on arches.
+FROM python:3.11-slim-bookworm
+
+# The Supervisor passes these build arguments; the defaults make a plain `docker build` work.
+ARG BUILD_ARCH=amd64
+ARG BUILD_VERSION=0.1.0
+
+LABEL io.hass.type="addon" \
+      io.hass.name="FaceLock" \
+      io.hass.description="Unlocks a door for enrolled faces, as a Home Assistant lock over MQTT; fails secure." \
+      io.hass.arch="${BUILD_ARCH}" \
+      io.hass.version="${BUILD_VERSION}"
+
+# /data is the add-on's persistent storage (gallery, audit trail, lockout state, prepared
+# models) and holds the options.json the Supervisor writes from the add-on's configuration.
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    FACELOCK_DATA_DIR=/data \
+    FACELOCK_OPTIONS_FILE=/data/options.json
+
+# Only the runtime package: no test or training extras (no torch in the image).
+WORKDIR /usr/src/facelock
+COPY pyproject.toml README.md ./
+COPY facelock_mqtt ./facelock_mqtt
+RUN pip install . && rm -rf /usr/src/facelock
+
+COPY addon/run.sh /usr/local/bin/facelock-addon
+WORKDIR /data
+
+# init: false (config.yaml): no s6-overlay; the start script execs the service, which handles
+# SIGTERM itself and locks every door on the way out.
+CMD ["/usr/local/bin/facelock-addon"]
