@@ -190,30 +190,33 @@ class AuditLog:
         target_far, margin, frames, matched_frames, liveness, quality, latency_ms, reasons."""
         with self._lock:
             if self._now() - self._last_prune >= _PRUNE_EVERY_S:
-                self._prune_locked()
-            return self._append_locked(event_type, camera, person, dict(details or {}))
+                try:
+                    self._prune_locked()
+                except AuditError as exc:  # the decision is still recorded; retention waits
+                    log.error("%s", exc)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                record = self._insert(event_type, camera, person, dict(details or {}))
+                self._conn.execute("COMMIT")
+            except (sqlite3.Error, AuditError, ValueError) as exc:
+                self._rollback()
+                raise AuditError(f"could not append to the audit trail {self.path}: {exc}") from exc
+            return record
 
-    def _append_locked(self, event_type: str, camera: str | None, person: str | None, details: dict) -> AuditRecord:
+    def _insert(self, event_type: str, camera: str | None, person: str | None, details: dict) -> AuditRecord:
+        """Chain one record onto the head, inside the caller's transaction."""
         ts = self._now()
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            meta = _meta(self._conn)
-            seq = int(meta["head_seq"]) + 1
-            body = canonical_json(
-                {"seq": seq, "ts": ts, "event_type": event_type, "camera": camera, "person": person, "details": details}
-            )
-            digest = chain_hash(meta["head_hash"], body)
-            self._conn.execute(
-                "INSERT INTO records (seq, ts, prev_hash, hash, body) VALUES (?, ?, ?, ?, ?)",
-                (seq, ts, meta["head_hash"], digest, body),
-            )
-            self._conn.executemany(
-                "UPDATE meta SET value = ? WHERE key = ?", [(str(seq), "head_seq"), (digest, "head_hash")]
-            )
-            self._conn.execute("COMMIT")
-        except (sqlite3.Error, AuditError, ValueError) as exc:
-            self._rollback()
-            raise AuditError(f"could not append to the audit trail {self.path}: {exc}") from exc
+        meta = _meta(self._conn)
+        seq = int(meta["head_seq"]) + 1
+        body = canonical_json(
+            {"seq": seq, "ts": ts, "event_type": event_type, "camera": camera, "person": person, "details": details}
+        )
+        digest = chain_hash(meta["head_hash"], body)
+        self._conn.execute(
+            "INSERT INTO records (seq, ts, prev_hash, hash, body) VALUES (?, ?, ?, ?, ?)",
+            (seq, ts, meta["head_hash"], digest, body),
+        )
+        self._conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(str(seq), "head_seq"), (digest, "head_hash")])
         return _record(seq, body, digest)
 
     def prune(self) -> int:
@@ -223,15 +226,16 @@ class AuditLog:
 
     def _prune_locked(self) -> int:
         self._last_prune = self._now()
-        cutoff = self._last_prune - self._settings.retention_days * 86400.0
+        days = self._settings.retention_days
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             # Only a leading run of old records goes, so the kept records stay one unbroken chain.
-            newer = self._conn.execute("SELECT MIN(seq) FROM records WHERE ts >= ?", (cutoff,)).fetchone()[0]
-            row = self._conn.execute(
+            newer = self._conn.execute(
+                "SELECT MIN(seq) FROM records WHERE ts >= ?", (self._last_prune - days * 86400.0,)
+            ).fetchone()[0]
+            last_pruned, count = self._conn.execute(
                 "SELECT MAX(seq), COUNT(*) FROM records WHERE seq < ?", (newer if newer is not None else 2**62,)
             ).fetchone()
-            last_pruned, count = row
             if not count:
                 self._conn.execute("ROLLBACK")
                 return 0
@@ -241,13 +245,14 @@ class AuditLog:
                 "UPDATE meta SET value = ? WHERE key = ?",
                 [(str(last_pruned + 1), "anchor_seq"), (anchor_hash, "anchor_hash")],
             )
+            # In the same transaction: a chain never starts later than its last prune record says.
+            details = {"pruned": count, "anchor_seq": last_pruned + 1, "anchor_hash": anchor_hash, "retention_days": days}
+            self._insert(PRUNED, None, None, details)
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise AuditError(f"could not prune the audit trail {self.path}: {exc}") from exc
-        details = {"pruned": count, "anchor_seq": last_pruned + 1, "anchor_hash": anchor_hash}
-        self._append_locked(PRUNED, None, None, details | {"retention_days": self._settings.retention_days})
-        log.info("audit trail: pruned %d records older than %d days", count, self._settings.retention_days)
+        log.info("audit trail: pruned %d records older than %d days", count, days)
         return count
 
     def head(self) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from facelock_mqtt.audit import (
     list_records,
     verify,
 )
-from facelock_mqtt.cli_audit import add_audit_commands
+from facelock_mqtt.cli_audit import add_audit_commands, run_audit
 from facelock_mqtt.settings import AuditSettings
 
 DAY = 86400.0
@@ -282,7 +282,7 @@ def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="facelock")
     add_audit_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))
-    return args.func(args)
+    return run_audit(args)
 
 
 def test_cli_list_and_verify(db: Path, clock: Clock, tamper: Callable[[], sqlite3.Connection], capsys) -> None:

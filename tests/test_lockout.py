@@ -170,8 +170,10 @@ def test_an_unreadable_state_file_locks_every_door(path: Path, clock: Clock, cap
 @pytest.mark.parametrize(
     "content",
     [
-        '{"version": 1, "all_locked_until": 0, "doors": {"front": {"failures": [], "level": 1, '
-        '"locked_until": NaN, "last_lockout_end": 0}}}',
+        (
+            '{"version": 1, "all_locked_until": 0, "doors": {"front": {"failures": [], "level": 1, '
+            '"locked_until": NaN, "last_lockout_end": 0}}}'
+        ),
         '{"version": 1, "all_locked_until": 0, "doors": {"front": {"level": 1}}}',
         '{"version": 2, "all_locked_until": 0, "doors": {}}',
         '[]',

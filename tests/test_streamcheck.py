@@ -4,6 +4,7 @@ frozen frames refused, real live sequences, noisy static scenes and flicker neve
 from __future__ import annotations
 
 import csv
+import itertools
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,7 +13,12 @@ import numpy as np
 import pytest
 
 from facelock_mqtt.settings import DecisionSettings
-from facelock_mqtt.streamcheck import FROZEN_BOUND, SanityResult, StreamSanity, fingerprint
+from facelock_mqtt.streamcheck import (
+    FROZEN_BOUND,
+    SanityResult,
+    StreamSanity,
+    fingerprint,
+)
 
 FPS = 5.0
 LOW_NOISE = 0.5  # grey levels: about the lowest sensor noise estimated in NUAA live frames
@@ -73,7 +79,7 @@ def test_the_frozen_bound_sits_under_sensor_noise(sessions, capsys) -> None:
     """The data behind FROZEN_BOUND (printed for the docs)."""
     rng = np.random.default_rng(1)
     sigmas = [noise_sigma(img) for s in sessions for img in s]
-    consecutive = [dist(a, b) for s in sessions for a, b in zip(s, s[1:])]
+    consecutive = [dist(a, b) for s in sessions for a, b in itertools.pairwise(s)]
     still = [dist(noisy(s[0], LOW_NOISE, rng), noisy(s[0], LOW_NOISE, rng)) for s in sessions for _ in range(3)]
     jpegs = [cv2.imencode(".jpg", f)[1] for f in sessions[0]]
     same_jpeg = [dist(decoded(j), decoded(j)) for j in jpegs]
@@ -119,7 +125,7 @@ def test_a_frozen_real_frame_is_refused_until_fresh_frames_return(sessions) -> N
     live = sessions[1]
     check = sanity()
     assert all(r.ok for r in feed(check, live[:6]))
-    ok, data = cv2.imencode(".jpg", live[6])
+    data = cv2.imencode(".jpg", live[6])[1]
     stuck = [cv2.imdecode(data, cv2.IMREAD_COLOR) for _ in range(8)]  # a camera resending one JPEG
     results = feed(check, stuck)
     assert results[0].ok  # the first showing is a new frame
