@@ -115,6 +115,9 @@ class Service:
 
     def start(self) -> None:
         self.bridge.start()
+        self.start_cameras()
+
+    def start_cameras(self) -> None:
         for door in self.doors.values():
             self.bridge.publish_sensors(door.name, {"liveness": liveness_status(self.guards.liveness)})
         for name, source in self.sources.items():

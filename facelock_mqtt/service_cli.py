@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .cli_audit import add_audit_commands
+from .cli_audit import add_audit_commands, run_audit
 from .service import Service, replay_camera
 from .settings import Settings
 
@@ -44,12 +44,6 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _audit(args: argparse.Namespace, settings: Settings) -> int:
-    if args.db is None:
-        args.data_dir = settings.data_dir
-    return args.func(args)
-
-
 def _liveness_download(args: argparse.Namespace, settings: Settings) -> int:
     from .liveness import download_weights
 
@@ -71,5 +65,5 @@ def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
     p.add_argument("--dest", type=Path)
     command("run")(_run)
     command("replay")(_replay)
-    command("audit")(_audit)
+    command("audit")(run_audit)
     command("liveness-download")(_liveness_download)

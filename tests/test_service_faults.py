@@ -1,0 +1,102 @@
+"""The service under faults: a broker restart mid-run, corrupt snapshots, malformed commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from facelock_mqtt.imageio import encode_jpeg, read_image
+from facelock_mqtt.service import Service, replay_camera
+from facelock_mqtt.settings import CameraSettings
+from test_service_e2e import FakeRelay, Watcher, enroll, nuaa_frames, settings, write_clip  # noqa: F401
+
+
+class ResubscribingWatcher(Watcher):
+    """A watcher that subscribes again after every (re)connection, as Home Assistant does."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.client.on_connect = lambda client, *_: client.subscribe([("facelock/#", 1), ("homeassistant/#", 1)])
+
+
+def wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_broker_restart_mid_run_loses_no_decision(settings, shared_data, mosquitto, tmp_path):
+    enroll(settings, shared_data, "s0001", "01")
+    clip = write_clip(nuaa_frames(shared_data, "s0001", "02"), tmp_path / "s0001.avi")
+    relays: dict[str, FakeRelay] = {}
+    events: list[dict] = []
+    service = Service(
+        settings, cameras=[replay_camera(str(clip), "front", 10.0)], realtime=False,
+        on_event=events.append, relay_factory=lambda door: relays.setdefault(door, FakeRelay(door)),
+    )  # fmt: skip
+    service.bridge.start()
+    assert service.bridge.mqtt.connected.wait(10)
+    mosquitto.stop()
+    assert wait_until(lambda: not service.bridge.mqtt.connected.is_set(), 10)
+    service.start_cameras()  # every decision of the clip is made while the broker is down
+    assert service.wait(timeout=120)
+    assert [e["event_type"] for e in events].count("recognized") >= 1
+    mosquitto.start()
+    watcher = ResubscribingWatcher(mosquitto.host, mosquitto.port)
+    try:
+        got_event = wait_until(
+            lambda: any(json.loads(p)["event_type"] == "recognized" for p in watcher.payloads("facelock/front/event")),
+            30,
+        )
+        assert got_event, "the decision made during the outage never reached the broker"
+        assert wait_until(lambda: watcher.payloads("homeassistant/lock/facelock_e2e/front/config"), 10) or any(
+            t.endswith("/config") for t, _, _ in watcher.messages
+        ), "discovery was not re-announced after reconnecting"
+    finally:
+        watcher.close()
+        service.stop()
+
+
+def test_corrupt_snapshots_and_malformed_commands_change_nothing(settings, shared_data, mosquitto):
+    camera = CameraSettings(name="porch", mqtt_topic="frigate/porch/snapshot", fps=20.0)
+    sender = paho.Client(CallbackAPIVersion.VERSION2, client_id="fault-sender")
+    sender.connect(mosquitto.host, mosquitto.port)
+    sender.loop_start()
+    # A command left retained on the broker reaches the service as a stale, retained message.
+    sender.publish("facelock/porch/lock/set", b"UNLOCK", qos=1, retain=True).wait_for_publish(5)
+    relays: dict[str, FakeRelay] = {}
+    service = Service(settings, cameras=[camera], relay_factory=lambda door: relays.setdefault(door, FakeRelay(door)))
+    service.start()
+    watcher = Watcher(mosquitto.host, mosquitto.port)
+    try:
+        assert service.bridge.mqtt.connected.wait(10)
+        time.sleep(0.5)  # the bridge's subscriptions are in place once connected
+        good = encode_jpeg(read_image(nuaa_frames(shared_data, "s0001", "01")[0]))
+        junk = [b"", b"not a jpeg", b"\xff\xd8\xff" + b"\x00" * 500, good[: len(good) // 3], good[:2] + b"garbage" * 50]
+        for payload in junk:
+            sender.publish("frigate/porch/snapshot", payload, qos=1).wait_for_publish(5)
+            time.sleep(0.1)
+        commands = [b"", b"unlock", b"UNLOCK ", b'{"action": "UNLOCK"', b"\x00\xff" * 100, b"X" * 100_000]
+        for payload in commands:
+            sender.publish("facelock/porch/lock/set", payload, qos=1).wait_for_publish(5)
+        source = service.sources["porch"]
+        assert wait_until(lambda: source.stats.undecodable >= 3, 10), source.stats
+        lock = service.bridge.locks["porch"]
+        assert wait_until(lambda: sum(lock.rejected.values()) >= len(commands) + 1, 10), lock.rejected
+        assert all(t.is_alive() for t in service.threads), "a bad input stopped the door's thread"
+        assert "unlock" not in relays["porch"].calls
+        assert service.bridge.locks["porch"].state == "LOCKED"
+    finally:
+        sender.publish("facelock/porch/lock/set", b"", qos=1, retain=True).wait_for_publish(5)  # clear it
+        sender.loop_stop()
+        sender.disconnect()
+        watcher.close()
+        service.stop()
+    assert "UNLOCKED" not in {p.decode() for p in watcher.payloads("facelock/porch/lock/state")}
