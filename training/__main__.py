@@ -84,11 +84,97 @@ def cmd_train(cfg: RunConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from facelock_mqtt.default_bundle import default_bundle
+
+    from .distill import distill, report
+    from .distributed import setup, teardown
+
+    teacher, out, threads = default_bundle(args.facelock_data), args.run_dir / "distill", args.threads
+    env = setup(cfg.train.threads)
+    try:
+        checkpoint = distill(cfg, args.run_dir / "data", teacher, env, out, threads)
+    finally:
+        teardown(env)
+    if env.main and cfg.distill.lfw is not None:
+        r = report(cfg, checkpoint, teacher, args.run_dir / "data", out, threads)
+        print(f"held-out LFW folds {r['heldout_folds']} ({r['pairs']} pairs), ONNX Runtime, {threads} thread(s):")
+        for name in ("teacher", "student"):
+            print(f"  {name}: accuracy {100 * r[name]['accuracy']:.2f} % +- {100 * r[name]['accuracy_std']:.2f}, "
+                  f"{r[name]['ms_per_face']:.2f} ms/face, {r[name]['onnx_mb']:.1f} MB")  # fmt: skip
+    return 0
+
+
+def cmd_sweep(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from .distributed import setup
+    from .sweep import sweep, table
+
+    rows = sweep(cfg, args.run_dir / "data", setup(cfg.train.threads), args.run_dir / "sweep")
+    print(table(rows, cfg.train.val_far))
+    print(f"best config: {args.run_dir / 'sweep' / 'best.json'}")
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> Path:
+    return args.checkpoint or args.run_dir / "train" / "ckpt_best.pt"
+
+
+def cmd_evaluate(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from .dataset import load_manifest
+    from .evaluate import evaluate
+
+    folder = args.run_dir / "data"
+    metrics = evaluate(load_manifest(folder), folder, _checkpoint(args), cfg.evaluate, cfg.gate,
+                       args.run_dir / "eval", cfg.name)  # fmt: skip
+    for row in metrics["tar_at_far"]:
+        print(f"TAR@FAR={row['far']:.0e}: {row['tar']:.4f}{'' if row['supported'] else ' (unsupported: too few impostors)'}")
+    print(f"model card: {args.run_dir / 'eval' / 'model_card.md'}")
+    return 0
+
+
+def cmd_calibrate(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from .dataset import load_manifest
+    from .gate import calibrate
+
+    folder = args.run_dir / "data"
+    report = calibrate(load_manifest(folder), folder, _checkpoint(args), cfg.gate, args.run_dir)
+    print(f"gate passed: test TAR {report.test_tar:.4f} at FAR {cfg.gate.target_far:g} "
+          f"(threshold {report.threshold:.4f}, test FAR {report.test_far:.2e})")  # fmt: skip
+    return 0
+
+
+def cmd_export(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from facelock_mqtt.default_bundle import default_bundle
+
+    from .dataset import load_crops, load_manifest, select
+    from .export import export_bundle
+    from .gate import require_passed
+    from .model import backbone_from_checkpoint
+
+    checkpoint = _checkpoint(args)
+    report = require_passed(args.run_dir, checkpoint)
+    folder = args.run_dir / "data"
+    crops = load_crops(folder, select(load_manifest(folder), "test")[: cfg.export.parity_images])
+    backbone, _ = backbone_from_checkpoint(checkpoint)
+    out = args.out or args.run_dir / "bundle"
+    bundle, worst = export_bundle(backbone, default_bundle(args.facelock_data), report.calibration, crops, cfg.export,
+                                  out, f"{cfg.name}-{report.checkpoint_sha256[:8]}",
+                                  args.run_dir / "eval" / "model_card.md")  # fmt: skip
+    print(f"bundle {bundle.manifest.fingerprint} written to {out} (parity: least cosine {worst:.6f}); "
+          f"serve it with FACELOCK_MODEL__BUNDLE={out} and re-enroll the gallery")  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "ingest": cmd_ingest,
     "split": cmd_split,
     "overfit": cmd_overfit,
     "train": cmd_train,
+    "distill": cmd_distill,
+    "sweep": cmd_sweep,
+    "evaluate": cmd_evaluate,
+    "calibrate": cmd_calibrate,
+    "export": cmd_export,
 }
 
 
@@ -103,6 +189,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--facelock-data", type=Path, default=FACELOCK_DATA, help="where the default bundle is cached")
         if name == "overfit":
             s.add_argument("--shuffle-labels", action="store_true", help="deliberately broken labels: the check must fail")
+        if name == "distill":
+            s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the teacher and the timing")
+        if name in ("evaluate", "calibrate", "export"):
+            s.add_argument("--checkpoint", type=Path, help="default: <run>/train/ckpt_best.pt")
+        if name == "export":
+            s.add_argument("--out", type=Path, help="bundle folder (default <run>/bundle)")
         if name == "train":
             s.add_argument("--resume", action="store_true", help="continue from train/ckpt_last.pt")
             s.add_argument("--skip-overfit", action="store_true", help="do not run the overfit check first")

@@ -98,8 +98,16 @@ class DistillConfig(Section):
     lfw: Path | None = Field(None, description="lfw_aligned_112 folder (with pairs.txt) for the accuracy report.")
     heldout_folds: list[int] = Field(
         default_factory=lambda: [5, 6, 7, 8, 9],
+        min_length=2,
         description="pairs.txt folds (0-9) whose identities are never distilled on and whose pairs are reported.",
     )
+
+
+    @model_validator(mode="after")
+    def _folds(self) -> DistillConfig:
+        if any(not 0 <= f <= 9 for f in self.heldout_folds) or len(set(self.heldout_folds)) != len(self.heldout_folds):
+            raise ValueError("heldout_folds must be distinct pairs.txt folds 0-9 (at least two: thresholds are cross-validated)")
+        return self
 
 
 class SweepConfig(Section):
@@ -117,7 +125,7 @@ class SweepConfig(Section):
 class EvaluateConfig(Section):
     fars: list[float] = Field(default_factory=lambda: [1e-3, 1e-4, 1e-5, 1e-6])
     worst: int = Field(8, ge=0, le=100, description="Worst false accepts and rejects listed.")
-    max_images: int = Field(20000, ge=10, description="Cap on test images (all pairs grow quadratically).")
+    max_images: int = Field(6000, ge=10, le=20000, description="Cap on test images (all pairs grow quadratically).")
 
 
 class GateConfig(Section):

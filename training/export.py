@@ -1,0 +1,104 @@
+"""`export`: ONNX export, parity against PyTorch on real crops, and a bundle `facelock` serves.
+
+The bundle pairs the trained embedder with the default bundle's YuNet detector, in the core's
+manifest format (facelock_mqtt.bundle), with the calibration from `calibrate`. It is built in a
+`.partial` folder and moved into place only after the parity check passed, so a failed export
+never leaves a bundle behind. Galleries enrolled with another embedder must be re-enrolled: the
+manifest fingerprint changes with the embedder file.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facelock_mqtt.bundle import Bundle, Calibration, EmbedderSpec, InputSpec, Manifest, file_entry, load_bundle, write_bundle
+from facelock_mqtt.embed import Embedder
+
+from .config import ExportConfig
+from .errors import ParityError
+from .model import MEAN, STD, embed
+
+log = logging.getLogger(__name__)
+
+EMBEDDER_FILE = "embedder.onnx"
+# The backbone's input convention, stated in the manifest so the service feeds it the same way.
+INPUT_SPEC = InputSpec(color="rgb", mean=MEAN, std=STD, size=(112, 112))
+
+
+class Served(nn.Module):
+    """The backbone plus the L2 normalisation the service expects."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone(x), dim=1)
+
+
+def export_onnx(backbone: nn.Module, path: Path, opset: int) -> None:
+    """ONNX graph with a dynamic batch dimension, input NCHW float RGB normalised as INPUT_SPEC."""
+    served = Served(backbone).eval()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but needs no extra packages (the dynamo one
+        # needs onnxscript) and handles this plain convolutional graph exactly.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            served, (torch.zeros(1, 3, 112, 112),), str(path), dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["embedding"],
+            dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+        )  # fmt: skip
+
+
+def check_parity(backbone: nn.Module, bundle: Bundle, crops: np.ndarray, min_cosine: float) -> float:
+    """Least cosine between PyTorch and the served ONNX embedding over real crops."""
+    if len(crops) == 0:
+        raise ParityError("no crops to check parity on")
+    reference = embed(backbone, crops)
+    served = Embedder(bundle, threads=1).embed(list(crops))
+    cosines = np.sum(reference * served, axis=1)
+    worst = float(cosines.min())
+    if not worst >= min_cosine:  # also catches NaN
+        raise ParityError(f"ONNX export differs from PyTorch: least cosine {worst:.6f} < {min_cosine} "
+                          f"over {len(crops)} real crops; the bundle was not written")  # fmt: skip
+    return worst
+
+
+def export_bundle(backbone: nn.Module, detector_from: Bundle, calibration: Calibration | None, crops: np.ndarray,
+                  cfg: ExportConfig, out: Path, version: str, model_card: Path | None = None) -> tuple[Bundle, float]:  # fmt: skip
+    """Write the bundle to `out` (replacing an older one) only if parity holds."""
+    out = Path(out)
+    stage = out.with_name(out.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        export_onnx(backbone, stage / EMBEDDER_FILE, cfg.opset)
+        detector_path = detector_from.file(detector_from.manifest.detector.file)
+        shutil.copyfile(detector_path, stage / detector_path.name)
+        if model_card is not None and model_card.is_file():
+            shutil.copyfile(model_card, stage / "model_card.md")
+        manifest = Manifest(
+            name=cfg.name,
+            version=version,
+            files={"detector": file_entry(stage, detector_path.name), "embedder": file_entry(stage, EMBEDDER_FILE)},
+            detector=detector_from.manifest.detector.model_copy(update={"file": "detector"}),
+            embedder=EmbedderSpec(file="embedder", input=INPUT_SPEC, embedding_size=backbone.embedding_size),
+            calibration=calibration,
+        )
+        write_bundle(stage, manifest)
+        worst = check_parity(backbone, load_bundle(stage), crops, cfg.min_cosine)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    stage.replace(out)
+    log.info("bundle written to %s (parity: least cosine %.6f over %d crops)", out, worst, len(crops))
+    return load_bundle(out), worst

@@ -1,0 +1,82 @@
+"""The model card: what a person needs to judge a trained model, in Markdown next to its plots."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from .dataset import DatasetManifest
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _data_section(manifest: DatasetManifest) -> list[str]:
+    lines = ["## Data", "", "| split | identities | images | sources |", "|---|---|---|---|"]
+    for split in ("train", "val", "test"):
+        records = [r for r in manifest.records if r.split == split]
+        sources = ", ".join(f"{k} {v}" for k, v in sorted(Counter(r.source for r in records).items()))
+        lines.append(f"| {split} | {len({r.identity for r in records})} | {len(records)} | {sources} |")
+    info = manifest.split
+    if info is not None:
+        lines += ["", f"Splits are identity-disjoint (seed {info.seed}, ratios {info.ratios}"
+                  + (f", all of {', '.join(info.holdout_sources)} held out for test" if info.holdout_sources else "") + ")."]  # fmt: skip
+    return lines
+
+
+def _table_section(m: dict) -> list[str]:
+    lines = [
+        "## Verification on held-out identities (test split)", "",
+        f"{m['test_images']} images of {m['test_identities']} identities: {m['n_genuine']:,} genuine and "
+        f"{m['n_impostor']:,} impostor comparisons (all pairs). By the rule of three, zero errors in n comparisons "
+        f"bound the rate below 3/n, so this set supports FAR claims down to {m['lowest_supported_far']:.1e} only; "
+        "lower FARs are listed but marked unsupported.", "",
+        "| FAR | threshold | TAR | supported |", "|---|---|---|---|",
+    ]  # fmt: skip
+    for row in m["tar_at_far"]:
+        lines.append(f"| {row['far']:.0e} | {row['threshold']:.4f} | {_fmt(row['tar'])} | {'yes' if row['supported'] else '**no**'} |")
+    lines += ["", "![ROC](roc.png) ![DET](det.png)"]
+    return lines
+
+
+def _slices_section(m: dict) -> list[str]:
+    lines = [
+        "## Error analysis by slice", "",
+        f"At the threshold for FAR {m['reference_far']:.1e} ({m['reference_threshold']:.4f}), over the pairs with at "
+        "least one image in the slice; the weakest slices first.", "",
+        "| slice | value | images | genuine | impostor | TAR | FAR |", "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    rows = sorted(m["slices"], key=lambda r: (r["tar"] is None, r["tar"] if r["tar"] is not None else 0))
+    for r in rows:
+        lines.append(f"| {r['slice']} | {r['value']} | {r['images']} | {r['genuine']} | {r['impostor']} | "
+                     f"{_fmt(r['tar'], 3)} | {_fmt(r['far'], 5)} |")  # fmt: skip
+    return lines
+
+
+def _worst_section(title: str, rows: list[dict], threshold: float, accepted_is_error: bool) -> list[str]:
+    lines = [f"### {title}", "", "| score | error at reference threshold | image A | image B | tags |", "|---|---|---|---|---|"]
+    for r in rows:
+        error = (r["score"] > threshold) == accepted_is_error
+        lines.append(f"| {r['score']:.4f} | {'yes' if error else 'no'} | {r['a']} | {r['b']} | {', '.join(r['tags'])} |")
+    return lines
+
+
+def write_model_card(m: dict, manifest: DatasetManifest, path: Path, title: str) -> None:
+    model = m["model"]
+    lines = [
+        f"# Model card: {title}", "",
+        "MobileFaceNet-style face embedder trained with an ArcFace margin loss by FaceLock's `training/` "
+        "pipeline. Intended use: 1:N verification of enrolled residents at a door camera, after YuNet "
+        "detection and 5-point alignment to 112x112. Not a liveness check: a photo of an enrolled person "
+        "passes verification.", "",
+        f"- checkpoint: `{m['checkpoint']}`",
+        f"- width {model['width']}, blocks {model['blocks']}, embedding size {model['embedding_size']}", "",
+        *_data_section(manifest), "",
+        *_table_section(m), "",
+        *_slices_section(m), "",
+        "## Worst errors", "",
+        *_worst_section("Highest-scoring impostor pairs (false accepts)", m["worst_false_accepts"], m["reference_threshold"], True), "",
+        *_worst_section("Lowest-scoring genuine pairs (false rejects)", m["worst_false_rejects"], m["reference_threshold"], False), "",
+    ]  # fmt: skip
+    path.write_text("\n".join(lines))
