@@ -4,9 +4,9 @@ Per frame, the face box is cropped at two scales (2.7x and 4x the box, Silent-Fa
 box is enlarged around its centre, the scale capped so the crop fits the frame, then shifted
 inside it) and resized to 80x80; each model's softmax gives a live probability and the two are
 averaged (the "CNN score"). Across an attempt's frames, a held print moves as one plane: the
-affine map that carries its five landmarks from one frame to the next also carries the photo's
+similarity map that carries its five landmarks from one frame to the next also carries the photo's
 margin, the hands and the printed background around the face; a live head moves in front of a
-background that stays put (`temporal_score`). The two are fused
+background that stays put (`liveness_motion`). The two are fused
 with weights and a threshold chosen on NUAA's training split (`liveness_calibration.json`,
 written by `training/liveness_eval.py`), never with numbers typed into the code.
 
@@ -18,6 +18,7 @@ FaceLock runs with liveness OFF and says so loudly. Users get the weights with
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
@@ -26,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .bundle import open_session
 from .errors import BundleError, ImageError
+from .liveness_motion import FaceLike, pair_evidence, temporal_from_pairs
 from .modelprep import sha256_file
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ LIVE_CLASS = 1
 INPUT_SIZE = 80
 WEIGHTS_URL = "https://raw.githubusercontent.com/minivision-ai/Silent-Face-Anti-Spoofing/master/resources/anti_spoof_models/"
 STATUS_OFF = "off: MiniFASNet models not installed (see docs/LIVENESS.md)"
-# The ring around the face whose motion the temporal cue compares with the face's: from 1.2 to
-# 2 face boxes (near enough to lie on a held photo), lightly blurred against landmark jitter.
-RING_INNER, RING_OUTER, RING_BLUR = 1.2, 2.0, 1.0
-MIN_RING_PIXELS = 500
 
 
 @dataclass(frozen=True)
@@ -102,11 +99,6 @@ class OperatingPoint(_Closed):
     measured: dict[str, float] = Field(default_factory=dict)
 
 
-class FaceLike(Protocol):
-    box: np.ndarray  # [x, y, w, h]
-    landmarks: np.ndarray  # (5, 2)
-
-
 @dataclass(frozen=True)
 class LivenessResult:
     live: bool
@@ -127,6 +119,8 @@ def crop_face(image: np.ndarray, box: np.ndarray, scale: float, size: int = INPU
     x, y, w, h = (float(v) for v in box)
     if not (w >= 1 and h >= 1 and np.isfinite([x, y, w, h]).all()) or height < 2 or width < 2:
         raise ImageError(f"cannot crop a liveness patch for face box {np.round(box, 1).tolist()}")
+    if not (0 <= x + w / 2 < width and 0 <= y + h / 2 < height):
+        raise ImageError(f"face box {np.round(box, 1).tolist()} lies outside the {width}x{height} frame")
     # Cap the scale so the enlarged box fits the frame, as the models were trained.
     scale = min(scale, (height - 1) / h, (width - 1) / w)
     new_w, new_h = w * scale, h * scale
@@ -134,7 +128,7 @@ def crop_face(image: np.ndarray, box: np.ndarray, scale: float, size: int = INPU
     top = float(np.clip(y + h / 2 - new_h / 2, 0, height - new_h))
     patch = image[int(top) : int(top + new_h), int(left) : int(left + new_w)]
     if patch.size == 0:
-        raise ImageError(f"face box {np.round(box, 1).tolist()} lies outside the {width}x{height} frame")
+        raise ImageError(f"face box {np.round(box, 1).tolist()} gives an empty liveness patch")
     return cv2.resize(patch, (size, size))
 
 
@@ -239,82 +233,10 @@ class LivenessModel:
         return decide(cnn, temporal, self.point)
 
 
-def landmark_motion(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
-    """How far five landmarks moved from `a` to `b` (RMS, in eye distances) and the affine map
-    that carries them: for a held print it carries the whole plane of the photo."""
-    eye = (np.linalg.norm(a[1] - a[0]) + np.linalg.norm(b[1] - b[0])) / 2
-    if not eye >= 1.0:
-        raise ImageError("landmarks are degenerate (eyes less than a pixel apart)")
-    design = np.hstack([a, np.ones((len(a), 1))])
-    transform = np.linalg.lstsq(design, b, rcond=None)[0].T  # 2x3
-    motion = np.sqrt(((b - a) ** 2).sum(axis=1).mean()) / eye
-    return float(motion), transform
-
-
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-9))
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
-
-
-def surround_lift(image0: np.ndarray, image1: np.ndarray, box1: np.ndarray, transform: np.ndarray) -> float | None:
-    """How much better the face's surroundings in frame 1 are explained by moving frame 0 with
-    the face (NCC after the landmarks' affine map) than by leaving it still (NCC in place).
-
-    The margin, hands and printed background of a held photo move with the face: a positive lift.
-    A live head moves in front of a still background: a negative one. None when too little of
-    the ring around the face is visible in both frames.
-    """
-    height, width = image1.shape[:2]
-    x, y, w, h = (float(v) for v in box1)
-    cx, cy = x + w / 2, y + h / 2
-    left, top = int(max(cx - w * RING_OUTER / 2, 0)), int(max(cy - h * RING_OUTER / 2, 0))
-    right, bottom = int(min(cx + w * RING_OUTER / 2, width)), int(min(cy + h * RING_OUTER / 2, height))
-    if right - left < 8 or bottom - top < 8:
-        return None
-    size = (right - left, bottom - top)
-    # The face's map, expressed in the coordinates of the ring's bounding rectangle.
-    shifted = transform.astype(np.float64) - np.array([[0, 0, left], [0, 0, top]], dtype=np.float64)
-    moved = cv2.warpAffine(_grey(image0), shifted, size, borderValue=-1.0)
-    still = _grey(image0[top:bottom, left:right])
-    now = _grey(image1[top:bottom, left:right])
-    mask = moved >= 0
-    inner_w, inner_h = w * RING_INNER, h * RING_INNER
-    ix0, iy0 = int(max(cx - inner_w / 2 - left, 0)), int(max(cy - inner_h / 2 - top, 0))
-    mask[iy0 : int(cy + inner_h / 2 - top), ix0 : int(cx + inner_w / 2 - left)] = False
-    if mask.sum() < MIN_RING_PIXELS:
-        return None
-    blur = [cv2.GaussianBlur(im, (0, 0), RING_BLUR)[mask] for im in (now, moved, still)]
-    return _ncc(blur[0], blur[1]) - _ncc(blur[0], blur[2])
-
-
-def pair_evidence(frame0: tuple[np.ndarray, FaceLike], frame1: tuple[np.ndarray, FaceLike]) -> tuple[float, float | None]:
-    """(landmark motion, surround lift) between two consecutive frames of an attempt."""
-    (image0, face0), (image1, face1) = frame0, frame1
-    a, b = (np.asarray(f.landmarks, dtype=np.float64).reshape(5, 2) for f in (face0, face1))
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ImageError("landmarks contain non-finite values")
-    motion, transform = landmark_motion(a, b)
-    if image0.shape != image1.shape:
-        return motion, None  # a resolution change mid-attempt: no evidence either way
-    return motion, surround_lift(image0, image1, np.asarray(face1.box), transform)
-
-
-def temporal_from_pairs(pairs: Sequence[tuple[float, float | None]], point: OperatingPoint) -> float | None:
-    """Share of moving frame pairs whose surroundings did NOT move with the face (live-like).
-
-    None when no pair moved more than `point.min_motion`: a still face is no evidence either way.
-    """
-    evidence = [lift < point.rigid_lift for motion, lift in pairs if motion >= point.min_motion and lift is not None]
-    return float(np.mean(evidence)) if evidence else None
-
-
 def temporal_score(frames: Sequence[tuple[np.ndarray, FaceLike]], point: OperatingPoint) -> float | None:
-    pairs = [pair_evidence(a, b) for a, b in zip(frames, frames[1:])]
-    return temporal_from_pairs(pairs, point)
+    """Share of the attempt's moving frame pairs that did not move like a print (None: no evidence)."""
+    pairs = [pair_evidence(a, b) for a, b in itertools.pairwise(frames)]
+    return temporal_from_pairs(pairs, point.min_motion, point.rigid_lift)
 
 
 def fuse(cnn: float, temporal: float | None, point: OperatingPoint) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import logging
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import numpy as np
 from facelock_mqtt import liveness
 from facelock_mqtt.default_bundle import default_bundle
 from facelock_mqtt.imageio import read_image
+from facelock_mqtt.liveness_motion import pair_evidence, temporal_from_pairs
 from facelock_mqtt.pipeline import FaceEngine
 from facelock_mqtt.quality import frontal_rank
 from facelock_mqtt.settings import ModelSettings, QualitySettings
@@ -100,7 +100,7 @@ def score_session(nuaa: Path, rows: list[dict[str, str]], engine: FaceEngine, mo
                 sequence=(row["label"], row["identity"], row["session"], row["glasses_flag"]),
                 index=int(Path(row["path"]).stem.rsplit("_", 1)[1]), code=row["pos_light"],
                 cnn=model.cnn_score(image, current[1].box),
-                pair=liveness.pair_evidence(previous, current) if previous else None,
+                pair=pair_evidence(previous, current) if previous else None,
             )
         )
         previous = current
@@ -139,7 +139,7 @@ def make_attempts(frames: list[Frame], n: int) -> list[Attempt]:
 def fused_scores(attempts: list[Attempt], point: liveness.OperatingPoint, cnn: float | None = None) -> np.ndarray:
     """Fused scores; with `cnn`, every attempt's CNN score replaced by it (the stress test)."""
     return np.array([
-        liveness.fuse(a.cnn if cnn is None else cnn, liveness.temporal_from_pairs(a.pairs, point), point)
+        liveness.fuse(a.cnn if cnn is None else cnn, temporal_from_pairs(a.pairs, point.min_motion, point.rigid_lift), point)
         for a in attempts
     ])
 
