@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .audit import AUDIT_FILE, AuditLog
 from .bundle import load_bundle, with_calibration
 from .errors import FaceLockError
 from .evaluate import calibrate, eval_folder, eval_lfw
@@ -21,6 +22,7 @@ from .imageio import read_image
 from .recognizer import Recognizer, resolve_bundle
 from .service_cli import add_commands as add_service_commands
 from .settings import Settings, load_settings
+from .storage import secure_dir
 
 EXIT_USAGE = 2
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Any]] = {}
@@ -38,8 +40,12 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
 
 
-def recognizer(settings: Settings) -> Recognizer:
-    return Recognizer(settings.data_dir, settings.model, settings.quality, settings.match)
+def recognizer(settings: Settings, accept_gallery: bool = False) -> Recognizer:
+    data_dir = secure_dir(settings.data_dir)
+    audit = AuditLog(data_dir / AUDIT_FILE, settings.audit)
+    return Recognizer(
+        data_dir, settings.model, settings.quality, settings.match, audit=audit, accept_gallery=accept_gallery
+    )
 
 
 @command("enroll")
@@ -51,7 +57,7 @@ def _enroll(args: argparse.Namespace, settings: Settings) -> None:
 
 @command("people")
 def _people(args: argparse.Namespace, settings: Settings) -> None:
-    rec = recognizer(settings)
+    rec = recognizer(settings, accept_gallery=args.accept_gallery)
     if args.remove:
         if not rec.remove(args.remove):
             raise FaceLockError(f"no enrolled person named {args.remove!r}")
@@ -138,6 +144,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("people", help="list enrolled people, or remove one")
     p.add_argument("--remove", metavar="NAME")
+    p.add_argument(
+        "--accept-gallery", action="store_true", help="vouch for a gallery changed outside FaceLock (e.g. restored)"
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("verify", help="are two photos the same person?")

@@ -7,6 +7,7 @@ single transaction, so a crash never leaves half a person.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 
 from .errors import GalleryError
+from .storage import StorageError, secure_file
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,10 @@ def _png(crop: np.ndarray) -> bytes:
 class Gallery:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            secure_file(self.path)  # owner-only before SQLite writes a byte (its -wal/-shm follow)
+        except StorageError as exc:
+            raise GalleryError(f"gallery {self.path} is unsafe: {exc}") from exc
         try:
             self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -83,6 +88,25 @@ class Gallery:
 
     def close(self) -> None:
         self.db.close()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (e.g. `facelock enroll`) commits a change."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def content_digest(self) -> str:
+        """SHA-256 over every person, crop and template: what the audit trail vouches for."""
+        digest = hashlib.sha256()
+        queries = (
+            "SELECT id, name, created FROM people ORDER BY id",
+            "SELECT id, person_id, crop, source, created FROM samples ORDER BY id",
+            "SELECT sample_id, fingerprint, vector FROM templates ORDER BY sample_id, fingerprint",
+        )
+        for query in queries:
+            for row in self.db.execute(query):
+                for value in row:
+                    data = value if isinstance(value, bytes) else repr(value).encode()
+                    digest.update(len(data).to_bytes(8, "big") + data)
+        return digest.hexdigest()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

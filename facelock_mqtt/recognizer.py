@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .audit import AuditLog
 from .bundle import Bundle, load_bundle
 from .default_bundle import default_bundle
 from .errors import EnrollmentError
 from .gallery import Gallery, Sample
+from .integrity import check_gallery, record_gallery
 from .match import Matcher, MatchResult
 from .pipeline import FaceEngine, FaceResult
 from .quality import face_size
@@ -52,19 +54,38 @@ class Recognizer:
         quality: QualitySettings,
         match: MatchSettings,
         bundle: Bundle | None = None,
+        audit: AuditLog | None = None,
+        accept_gallery: bool = False,
     ) -> None:
         self.bundle = bundle or resolve_bundle(model, data_dir)
         self.engine = FaceEngine(self.bundle, model, quality)
         self.match_settings = match
         self.quality_settings = quality
         self.fingerprint = self.bundle.manifest.fingerprint
+        self.audit = audit
         self.gallery = Gallery(Path(data_dir) / GALLERY_FILE)
+        if audit is not None:
+            if accept_gallery:
+                record_gallery(audit, self.gallery, "accepted by the user")
+            check_gallery(audit, self.gallery)
         # Templates of another bundle are useless to this one: recompute from stored crops.
-        self.gallery.sync(self.fingerprint, self.engine.embed_aligned)
+        if self.gallery.sync(self.fingerprint, self.engine.embed_aligned):
+            self._record("templates recomputed for " + self.fingerprint)
         self._matcher: Matcher | None = None
+        self._version = self.gallery.data_version()
+
+    def _record(self, action: str, person: str | None = None) -> None:
+        self._matcher = None
+        if self.audit is not None:
+            record_gallery(self.audit, self.gallery, action, person)
 
     @property
     def matcher(self) -> Matcher:
+        version = self.gallery.data_version()
+        if version != self._version:  # enrolled or removed by another process (the CLI)
+            if self.audit is not None:
+                check_gallery(self.audit, self.gallery)
+            self._matcher, self._version = None, version
         if self._matcher is None:
             templates, people = self.gallery.templates(self.fingerprint)
             threshold = self.bundle.threshold_for(self.match_settings.target_far)
@@ -100,12 +121,13 @@ class Recognizer:
         if problems:
             raise EnrollmentError("enrollment refused, nothing written: " + " | ".join(problems))
         added = self.gallery.add(name.strip(), samples, self.fingerprint)
-        self._matcher = None
+        self._record(f"enrolled {added} sample(s)", name.strip())
         return added
 
     def remove(self, name: str) -> bool:
         removed = self.gallery.remove(name)
-        self._matcher = None
+        if removed:
+            self._record("removed", name)
         return removed
 
     def identify(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> Identification:
@@ -124,3 +146,5 @@ class Recognizer:
 
     def close(self) -> None:
         self.gallery.close()
+        if self.audit is not None:
+            self.audit.close()

@@ -79,12 +79,16 @@ class Service:
         if not self.cameras:
             log.warning("no cameras configured: the service only serves Home Assistant and MQTT snapshots")
         data_dir = secure_dir(settings.data_dir)
-        self.recognizer = Recognizer(data_dir, settings.model, settings.quality, settings.match)
+        audit = AuditLog(data_dir / AUDIT_FILE, settings.audit)
+        report = audit.verify()
+        if not report.ok:
+            log.error("AUDIT TRAIL DAMAGED OR TAMPERED WITH: %s", report.summary())
+        self.recognizer = Recognizer(data_dir, settings.model, settings.quality, settings.match, audit=audit)
         self.recognizer.matcher  # fail at start, not at the door, if the bundle cannot serve the target FAR
         liveness_dir = settings.liveness.models or data_dir / "liveness"
         self.guards = Guards(
             lockout=Lockout(settings.lockout, data_dir / "lockout.json"),
-            audit=AuditLog(data_dir / AUDIT_FILE, settings.audit),
+            audit=audit,
             liveness=load_liveness(liveness_dir, settings.model.threads),
         )
         mqtt_settings, self.broker = embedded_broker_for(supervisor_mqtt(settings.mqtt))
@@ -169,8 +173,7 @@ class Service:
             source.stop()
         self.wait(timeout=10)
         self.bridge.stop()
-        self.guards.audit.close()
-        self.recognizer.close()
+        self.recognizer.close()  # closes the audit trail too
         if self.broker is not None:
             self.broker.stop()
 

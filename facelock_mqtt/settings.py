@@ -31,6 +31,15 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, data: Any) -> Any:
+        """The add-on UI saves a cleared optional text field as "": treat it as not set."""
+        if not isinstance(data, dict):
+            return data
+        optional = {name for name, field in cls.model_fields.items() if field.default is None}
+        return {k: None if v == "" and k in optional else v for k, v in data.items()}
+
 
 class ModelSettings(Section):
     bundle: Path | None = Field(

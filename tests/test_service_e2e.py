@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from facelock_mqtt.imageio import read_image
-from facelock_mqtt.recognizer import Recognizer
+from facelock_mqtt.cli import recognizer
 from facelock_mqtt.service import Service, replay_camera
 from facelock_mqtt.settings import load_settings
 
@@ -93,7 +93,7 @@ def settings(tmp_path: Path, mosquitto):
 
 
 def enroll(settings, shared_data: Path, identity: str, session: str) -> None:
-    rec = Recognizer(settings.data_dir, settings.model, settings.quality, settings.match)
+    rec = recognizer(settings)  # as `facelock enroll` does: the change is vouched for in the audit trail
     images = [(str(p), read_image(p)) for p in nuaa_frames(shared_data, identity, session)[:3]]
     assert rec.enroll(identity, images) == 3
     rec.close()
