@@ -3,9 +3,38 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import helper
 
-from .bundle import Bundle
+from .bundle import Bundle, open_session
 from .errors import BundleError
+
+
+def split_prelu(model: onnx.ModelProto) -> int:
+    """Rewrite each PRelu(x, a) in place as r + a * (x - r) with r = Relu(x); return how many.
+
+    The result is bit for bit the same (x > 0: x + a * 0; otherwise 0 + a * x), but onnxruntime
+    runs PRelu through a generic broadcasting kernel and these four simple ops much faster: on
+    SFace the CPU time per face drops by about 40 % (docs/BENCHMARKS.md).
+    """
+    nodes, count = [], 0
+    for node in model.graph.node:
+        if node.op_type != "PRelu":
+            nodes.append(node)
+            continue
+        (x, slope), y = node.input, node.output[0]
+        relu, negative, scaled = f"{y}/relu", f"{y}/negative", f"{y}/scaled"
+        nodes += [
+            helper.make_node("Relu", [x], [relu]),
+            helper.make_node("Sub", [x, relu], [negative]),
+            helper.make_node("Mul", [negative, slope], [scaled]),
+            helper.make_node("Add", [relu, scaled], [y]),
+        ]
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return count
 
 
 class Embedder:
@@ -13,7 +42,8 @@ class Embedder:
         spec = bundle.manifest.embedder
         self.spec = spec.input
         self.size = spec.embedding_size
-        self.session = bundle.session(spec.file, threads)
+        model = onnx.load(str(bundle.file(spec.file)))
+        self.session = open_session(model.SerializeToString(), threads) if split_prelu(model) else bundle.session(spec.file, threads)
         self.input_name = self.session.get_inputs()[0].name
         batch_dim = self.session.get_inputs()[0].shape[0]
         # A graph with a fixed batch of 1 (most third-party exports) is fed one crop at a time.
