@@ -81,6 +81,8 @@ class Attempt:
         return self.started is not None and now - self.started > self.settings.window_s
 
     def add(self, observation: Observation) -> Decision | None:
+        if self.expired(observation.t):  # a frame after the window never counts
+            return self.close(observation.t)
         self.observations.append(observation)
         return self._decide(observation.t, final=False)
 

@@ -97,9 +97,12 @@ class Door:
         self.stats.frames += 1
         try:
             self._process(frame)
-        except Exception:
+        except Exception as exc:
             self.stats.errors += 1
-            log.exception("door %s: error on the decision path; attempt abandoned, door stays locked", self.name)
+            if self.stats.errors == 1 or self.stats.errors % 100 == 0:  # a lasting fault must not flood the log
+                log.exception("door %s: error on the decision path (%d so far); door stays locked", self.name, self.stats.errors)
+            else:
+                log.warning("door %s: error on the decision path: %s; door stays locked", self.name, exc)
             self._abandon()
 
     def finish(self, now: float) -> None:
@@ -118,7 +121,8 @@ class Door:
         self._set_motion(gated.motion)
         if self.attempt is not None and self.attempt.expired(now):
             self._conclude(self.attempt.close(now))
-        if not gated.passed or now < self.cooldown_until:
+        # A person standing still in front of the door stops the motion; their attempt goes on.
+        if (not gated.passed and self.attempt is None) or now < self.cooldown_until:
             return
         self.stats.gated += 1
         sanity = self.sanity.check(frame.image)

@@ -1,0 +1,76 @@
+"""Fail secure on the decision path: a fault anywhere between the frame and the relay keeps the
+door locked (real models, real gallery, real audit trail, real broker; only the relay is fake)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from facelock_mqtt.audit import AUDIT_FILE
+from facelock_mqtt.cli import recognizer
+from facelock_mqtt.door import Door, Guards
+from facelock_mqtt.imageio import read_image
+from facelock_mqtt.lockout import Lockout
+from facelock_mqtt.publish import HomeAssistantBridge
+from facelock_mqtt.settings import CameraSettings, load_settings
+from facelock_mqtt.source import Frame
+from test_service_e2e import FakeRelay, nuaa_frames
+
+
+@pytest.fixture
+def parts(tmp_path, mosquitto, shared_data):
+    settings = load_settings(
+        data_dir=tmp_path / "data", mqtt={"host": mosquitto.host, "port": mosquitto.port, "client_id": "door_test"}
+    )
+    rec = recognizer(settings)
+    rec.enroll("s0001", [(str(p), read_image(p)) for p in nuaa_frames(shared_data, "s0001", "01")[:3]])
+    relay = FakeRelay("front")
+    bridge = HomeAssistantBridge(settings.mqtt, ["front"], settings.lock, lambda door: relay)
+    bridge.start()
+    assert bridge.mqtt.connected.wait(10)
+    guards = Guards(Lockout(settings.lockout, tmp_path / "lockout.json"), rec.audit, liveness=None)
+    camera = CameraSettings(name="front", url="unused.avi", fps=10.0)
+    door = Door(camera, settings.gate, settings.decision, rec, bridge.locks["front"], guards, bridge)
+    frames = [read_image(p) for p in nuaa_frames(shared_data, "s0001", "02")]
+    yield door, relay, frames, settings
+    bridge.stop()
+    rec.close()
+
+
+def play(door: Door, frames) -> None:
+    for i, image in enumerate(frames):
+        door.process(Frame(image, ts=0.0, seq=i + 1, pts=i / 10.0))
+
+
+def test_the_enrolled_person_unlocks(parts):
+    door, relay, frames, _ = parts
+    play(door, frames)
+    assert "unlock" in relay.calls and door.stats.errors == 0
+
+
+def test_audit_failure_keeps_the_door_locked(parts):
+    door, relay, frames, _ = parts
+    door.guards.audit.close()  # the trail cannot be written: no unlock may go unrecorded
+    play(door, frames)
+    assert door.stats.errors >= 1
+    assert "unlock" not in relay.calls and door.lock.state == "LOCKED"
+
+
+def test_gallery_tampered_mid_run_keeps_the_door_locked(parts):
+    door, relay, frames, settings = parts
+    with sqlite3.connect(settings.data_dir / "gallery.db") as db:
+        db.execute("INSERT INTO people (name, created) VALUES ('mallory', 0)")
+    play(door, frames)
+    assert door.stats.errors >= 1
+    assert "unlock" not in relay.calls and door.lock.state == "LOCKED"
+
+
+def test_lockout_refuses_even_the_enrolled_person(parts):
+    door, relay, frames, settings = parts
+    for _ in range(settings.lockout.max_failures):
+        door.guards.lockout.record_failure("front")
+    play(door, frames)
+    assert door.stats.refused_lockout > 0
+    assert "unlock" not in relay.calls
+    assert (settings.data_dir / AUDIT_FILE).exists()
