@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +19,7 @@ from .errors import BundleError
 from .modelprep import sha256_file
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -135,14 +136,25 @@ def open_session(path: Path | bytes, threads: int) -> ort.InferenceSession:
         raise BundleError(f"cannot load ONNX model {name}: {exc}") from exc
 
 
-def read_manifest(path: Path) -> Manifest:
-    manifest_path = path / MANIFEST
+def read_json_model(path: Path, model: type[M], missing: str) -> M:
+    """A pydantic model from a JSON file, or BundleError saying what is wrong with the file."""
     try:
-        return Manifest.model_validate_json(manifest_path.read_bytes())
+        return model.model_validate_json(path.read_bytes())
     except FileNotFoundError as exc:
-        raise BundleError(f"no {MANIFEST} in {path}") from exc
+        raise BundleError(f"no {path.name} in {path.parent}{missing}") from exc
     except ValidationError as exc:
-        raise BundleError(f"invalid {manifest_path}: {exc}") from exc
+        raise BundleError(f"invalid {path}: {exc}") from exc
+
+
+def write_json_atomic(path: Path, model: BaseModel) -> None:
+    """Write through a temporary file so a crash never leaves half a manifest."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(model.model_dump(mode="json"), indent=2) + "\n")
+    partial.replace(path)
+
+
+def read_manifest(path: Path) -> Manifest:
+    return read_json_model(path / MANIFEST, Manifest, "")
 
 
 def verify_files(path: Path, manifest: Manifest) -> None:
@@ -179,10 +191,7 @@ def load_bundle(path: Path) -> Bundle:
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
-    """Write atomically so a crash never leaves half a manifest."""
-    partial = path / (MANIFEST + ".partial")
-    partial.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-    partial.replace(path / MANIFEST)
+    write_json_atomic(path / MANIFEST, manifest)
 
 
 def write_bundle(path: Path, manifest: Manifest) -> Bundle:

@@ -19,7 +19,6 @@ FaceLock runs with liveness OFF and says so loudly. Users get the weights with
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import tempfile
 import urllib.request
@@ -32,7 +31,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .bundle import open_session
+from .bundle import open_session, read_json_model, write_json_atomic
 from .errors import BundleError, ImageError
 from .liveness_motion import FaceLike, pair_evidence, temporal_from_pairs
 from .modelprep import sha256_file
@@ -133,13 +132,7 @@ def crop_face(image: np.ndarray, box: np.ndarray, scale: float, size: int = INPU
 
 
 def read_manifest(folder: Path) -> LivenessManifest:
-    path = folder / MANIFEST
-    try:
-        return LivenessManifest.model_validate_json(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise BundleError(f"no {MANIFEST} in {folder}: export the liveness models first") from exc
-    except ValidationError as exc:
-        raise BundleError(f"invalid {path}: {exc}") from exc
+    return read_json_model(folder / MANIFEST, LivenessManifest, ": export the liveness models first")
 
 
 def write_manifest(folder: Path, exported: Sequence[tuple[ModelSpec, str, str]]) -> Path:
@@ -150,9 +143,7 @@ def write_manifest(folder: Path, exported: Sequence[tuple[ModelSpec, str, str]])
             for s, w_sha, onnx_sha in exported
         )
     )
-    partial = folder / (MANIFEST + ".partial")
-    partial.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-    partial.replace(folder / MANIFEST)
+    write_json_atomic(folder / MANIFEST, manifest)
     return folder / MANIFEST
 
 

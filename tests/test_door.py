@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from mqtt_client import FakeRelay
+from service_helpers import nuaa_frames
 
 from facelock_mqtt.audit import AUDIT_FILE
 from facelock_mqtt.cli import recognizer
@@ -15,7 +17,6 @@ from facelock_mqtt.lockout import Lockout
 from facelock_mqtt.publish import HomeAssistantBridge
 from facelock_mqtt.settings import CameraSettings, load_settings
 from facelock_mqtt.source import Frame
-from test_service_e2e import FakeRelay, nuaa_frames
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def parts(tmp_path, mosquitto, shared_data):
     )
     rec = recognizer(settings)
     rec.enroll("s0001", [(str(p), read_image(p)) for p in nuaa_frames(shared_data, "s0001", "01")[:3]])
-    relay = FakeRelay("front")
+    relay = FakeRelay()
     bridge = HomeAssistantBridge(settings.mqtt, ["front"], settings.lock, lambda door: relay)
     bridge.start()
     assert bridge.mqtt.connected.wait(10)

@@ -8,12 +8,12 @@ import stat
 
 import numpy as np
 import pytest
+from service_helpers import nuaa_frames
 
 from facelock_mqtt.cli import recognizer
 from facelock_mqtt.errors import GalleryError
 from facelock_mqtt.imageio import read_image
 from facelock_mqtt.settings import load_settings
-from test_service_e2e import nuaa_frames
 
 
 @pytest.fixture

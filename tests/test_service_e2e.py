@@ -4,118 +4,24 @@ the real models, and a subscriber that watches what Home Assistant would see."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
-import cv2
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-
-from facelock_mqtt.imageio import read_image
-from facelock_mqtt.cli import recognizer
-from facelock_mqtt.service import Service, replay_camera
-from facelock_mqtt.settings import load_settings
-
-
-class FakeRelay:
-    """The door relay is the one piece of hardware we cannot have."""
-
-    def __init__(self, door: str) -> None:
-        self.calls: list[str] = []
-
-    def unlock(self) -> None:
-        self.calls.append("unlock")
-
-    def lock(self) -> None:
-        self.calls.append("lock")
-
-
-class Watcher:
-    """A separate MQTT client recording every message on FaceLock's topics."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{time.monotonic_ns()}")
-        self.client.on_message = self._on_message
-        self.client.connect(host, port)
-        self.client.subscribe([("facelock/#", 1), ("homeassistant/#", 1)])
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, message) -> None:
-        with self.lock:
-            self.messages.append((message.topic, message.payload, message.retain))
-
-    def payloads(self, topic: str) -> list[bytes]:
-        with self.lock:
-            return [p for t, p, _ in self.messages if t == topic]
-
-    def wait_for(self, topic: str, payload: bytes, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if payload in self.payloads(topic):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def nuaa_frames(shared_data: Path, identity: str, session: str) -> list[Path]:
-    folder = shared_data / "nuaa" / "live" / identity
-    files = [p for p in folder.glob("*.jpg") if p.stem.split("_")[3] == session]
-    return sorted(files, key=lambda p: int(p.stem.split("_")[-1]))
-
-
-def write_clip(frames: list[Path], target: Path, fps: float = 10.0, repeat: int = 1) -> Path:
-    images = [read_image(p) for p in frames]
-    height, width = images[0].shape[:2]
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    for _ in range(repeat):
-        for image in images:
-            writer.write(image)
-    writer.release()
-    return target
+from mqtt_client import FakeRelay
+from service_helpers import (
+    Watcher,
+    enroll,
+    nuaa_frames,
+    replay,
+    service_settings,
+    write_clip,
+)
 
 
 @pytest.fixture
 def settings(tmp_path: Path, mosquitto):
-    return load_settings(
-        data_dir=tmp_path / "data",
-        mqtt={"host": mosquitto.host, "port": mosquitto.port, "client_id": "facelock_e2e"},
-        lock={"relock_s": 1.0, "unlocking_s": 0.1},
-        liveness={"models": tmp_path / "no-liveness"},
-    )
-
-
-def enroll(settings, shared_data: Path, identity: str, session: str) -> None:
-    rec = recognizer(settings)  # as `facelock enroll` does: the change is vouched for in the audit trail
-    images = [(str(p), read_image(p)) for p in nuaa_frames(shared_data, identity, session)[:3]]
-    assert rec.enroll(identity, images) == 3
-    rec.close()
-
-
-def replay(settings, clip: Path, relay: dict[str, FakeRelay]) -> list[dict]:
-    events: list[dict] = []
-
-    def relay_factory(door: str) -> FakeRelay:
-        relay[door] = FakeRelay(door)
-        return relay[door]
-
-    service = Service(
-        settings, cameras=[replay_camera(str(clip), "front", 10.0)], realtime=False,
-        on_event=events.append, relay_factory=relay_factory,
-    )  # fmt: skip
-    service.start()
-    assert service.bridge.mqtt.connected.wait(10)
-    assert service.wait(timeout=120), "replay did not finish"
-    time.sleep(1.5)  # let the relock timer run
-    service.stop()
-    return events
+    return service_settings(tmp_path, mosquitto)
 
 
 def test_enrolled_person_unlocks_then_relocks(settings, shared_data, mosquitto, tmp_path):

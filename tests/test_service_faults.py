@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
+from mqtt_client import FakeRelay
 from paho.mqtt.enums import CallbackAPIVersion
+from service_helpers import Watcher, enroll, nuaa_frames, service_settings, write_clip
 
 from facelock_mqtt.imageio import encode_jpeg, read_image
 from facelock_mqtt.service import Service, replay_camera
 from facelock_mqtt.settings import CameraSettings
-from test_service_e2e import FakeRelay, Watcher, enroll, nuaa_frames, settings, write_clip  # noqa: F401
+
+
+@pytest.fixture
+def settings(tmp_path, mosquitto):
+    return service_settings(tmp_path, mosquitto)
 
 
 class ResubscribingWatcher(Watcher):
@@ -39,7 +45,7 @@ def test_broker_restart_mid_run_loses_no_decision(settings, shared_data, mosquit
     events: list[dict] = []
     service = Service(
         settings, cameras=[replay_camera(str(clip), "front", 10.0)], realtime=False,
-        on_event=events.append, relay_factory=lambda door: relays.setdefault(door, FakeRelay(door)),
+        on_event=events.append, relay_factory=lambda door: relays.setdefault(door, FakeRelay()),
     )  # fmt: skip
     service.bridge.start()
     assert service.bridge.mqtt.connected.wait(10)
@@ -72,7 +78,7 @@ def test_corrupt_snapshots_and_malformed_commands_change_nothing(settings, share
     # A command left retained on the broker reaches the service as a stale, retained message.
     sender.publish("facelock/porch/lock/set", b"UNLOCK", qos=1, retain=True).wait_for_publish(5)
     relays: dict[str, FakeRelay] = {}
-    service = Service(settings, cameras=[camera], relay_factory=lambda door: relays.setdefault(door, FakeRelay(door)))
+    service = Service(settings, cameras=[camera], relay_factory=lambda door: relays.setdefault(door, FakeRelay()))
     service.start()
     watcher = Watcher(mosquitto.host, mosquitto.port)
     try:
