@@ -27,7 +27,9 @@ def similarity(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray
 def centred(scale: float, degrees: float, centre: tuple[float, float]) -> np.ndarray:
     """The similarity that puts the template's centre at `centre`."""
     forward = similarity(scale, degrees, 0.0, 0.0)
-    forward[:, 2] = np.asarray(centre) - apply(forward, ARCFACE_TEMPLATE.mean(axis=0, keepdims=True).astype(np.float64))[0]
+    forward[:, 2] = (
+        np.asarray(centre) - apply(forward, ARCFACE_TEMPLATE.mean(axis=0, keepdims=True).astype(np.float64))[0]
+    )
     return forward
 
 
@@ -72,7 +74,7 @@ def dot_image(forward: np.ndarray, shape: tuple[int, int], radius: int) -> np.nd
     """A black frame with a differently coloured dot at each transformed template landmark."""
     image = np.zeros((*shape, 3), np.uint8)
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]  # BGR
-    for point, colour in zip(apply(forward, ARCFACE_TEMPLATE.astype(np.float64)), colours):
+    for point, colour in zip(apply(forward, ARCFACE_TEMPLATE.astype(np.float64)), colours, strict=True):
         cv2.circle(image, (round(point[0] * 16), round(point[1] * 16)), radius * 16, colour, -1, cv2.LINE_AA, shift=4)
     return image
 

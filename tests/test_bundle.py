@@ -21,6 +21,7 @@ from facelock_mqtt.embed import Embedder
 from facelock_mqtt.errors import BundleError
 from facelock_mqtt.imageio import read_image
 from facelock_mqtt.modelprep import keep_only_data_inputs
+from facelock_mqtt.settings import MatchSettings
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +111,7 @@ def test_fp32_expansion_matches_the_quantised_source(bundle: Bundle, shared_data
         image = read_image(path)
         crops.append(align_face(image, detector.detect(image)[0].landmarks))
     expanded = Embedder(bundle, threads=1).embed(crops)
-    for crop, vector in zip(crops, expanded):
+    for crop, vector in zip(crops, expanded, strict=True):
         tensor = np.ascontiguousarray(crop[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32))
         reference = original.run(None, {"data": tensor})[0][0]
         cosine = float(reference @ vector / np.linalg.norm(reference))
@@ -171,7 +172,8 @@ def test_shipped_calibration_supports_the_default_target_far(bundle: Bundle) -> 
     assert calibration is not None, "default_calibration.json is missing or for another SFace file"
     assert calibration.dataset == "lfw_aligned_112"
     assert calibration.n_impostor > 29_000_000
-    threshold = bundle.threshold_for(1e-5)
-    assert threshold.n_impostor * threshold.far >= 3
+    target = MatchSettings().target_far
+    threshold = bundle.threshold_for(target)
+    assert threshold.far == target and threshold.n_impostor * threshold.far >= 3
     thresholds = [t.threshold for t in sorted(calibration.thresholds, key=lambda t: -t.far)]
     assert thresholds == sorted(thresholds)  # lower FAR, stricter threshold

@@ -58,7 +58,9 @@ def assert_plausible_landmarks(face: Face) -> None:
 
 
 @pytest.mark.parametrize("photo", SINGLE)
-def test_both_detectors_find_the_one_face_and_agree(detectors: dict[str, Detector], shared_data: Path, photo: str) -> None:
+def test_both_detectors_find_the_one_face_and_agree(
+    detectors: dict[str, Detector], shared_data: Path, photo: str
+) -> None:
     image = read_image(shared_data / photo)
     found = {name: detector.detect(image) for name, detector in detectors.items()}
     assert [len(faces) for faces in found.values()] == [1, 1]
@@ -87,7 +89,9 @@ def test_group_photos_give_several_faces(
 
 
 @pytest.mark.parametrize("name", ["yunet", "scrfd"])
-def test_mirrored_photo_keeps_image_left_eye_first(detectors: dict[str, Detector], shared_data: Path, name: str) -> None:
+def test_mirrored_photo_keeps_image_left_eye_first(
+    detectors: dict[str, Detector], shared_data: Path, name: str
+) -> None:
     image = read_image(shared_data / SINGLE[0])
     (face,) = detectors[name].detect(image)
     (mirrored,) = detectors[name].detect(np.ascontiguousarray(image[:, ::-1]))
@@ -131,7 +135,9 @@ def test_black_and_flat_images_give_no_faces(detectors: dict[str, Detector], nam
 
 
 @pytest.mark.parametrize("name", ["yunet", "scrfd"])
-def test_small_detection_size_still_finds_a_large_face(bundles: dict[str, Bundle], shared_data: Path, name: str) -> None:
+def test_small_detection_size_still_finds_a_large_face(
+    bundles: dict[str, Bundle], shared_data: Path, name: str
+) -> None:
     """Frames are scaled to `size` for detection; boxes still come back in frame pixels."""
     image = read_image(shared_data / SINGLE[0])  # 1868 x 1382
     small = load_detector(bundles[name], threads=2, size=160, min_score=0.6).detect(image)

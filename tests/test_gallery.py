@@ -102,11 +102,16 @@ def blurred(image: np.ndarray) -> np.ndarray:
         (lambda d: np.zeros((480, 640, 3), np.uint8), "no face found"),
         (lambda d: read_image(d / "scenes/couple.jpg"), "2 faces found; enroll from a photo of one person"),
         (lambda d: blurred(read_image(d / "person01/img2.jpg")), "poor quality: too blurred"),
-        (lambda d: cv2.resize(read_image(d / "person01/img2.jpg"), None, fx=0.08, fy=0.08), "poor quality: face too small"),
+        (
+            lambda d: cv2.resize(read_image(d / "person01/img2.jpg"), None, fx=0.08, fy=0.08),
+            "poor quality: face too small",
+        ),
     ],
     ids=["no-face", "two-faces", "blurred", "tiny"],
 )
-def test_refused_enrollment_says_why_and_writes_nothing(recognizer: Recognizer, deepface: Path, make, reason: str) -> None:
+def test_refused_enrollment_says_why_and_writes_nothing(
+    recognizer: Recognizer, deepface: Path, make, reason: str
+) -> None:
     good = photos(deepface, ENROL["alice"])
     with pytest.raises(EnrollmentError, match=reason) as refused:
         recognizer.enroll("alice", [*good, ("bad.jpg", make(deepface))])  # good photos do not save it
