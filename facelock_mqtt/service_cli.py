@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from .bench import add_bench_command
 from .cli_audit import add_audit_commands, run_audit
 from .service import Service, replay_camera
 from .settings import Settings
@@ -67,3 +68,4 @@ def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
     command("replay")(_replay)
     command("audit")(run_audit)
     command("liveness-download")(_liveness_download)
+    add_bench_command(sub, command)

@@ -19,7 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelock_mqtt.bundle import Bundle, Calibration, EmbedderSpec, InputSpec, Manifest, file_entry, load_bundle, write_bundle
+from facelock_mqtt.bundle import (
+    Bundle,
+    Calibration,
+    EmbedderSpec,
+    InputSpec,
+    Manifest,
+    file_entry,
+    load_bundle,
+    write_bundle,
+)
 from facelock_mqtt.embed import Embedder
 
 from .config import ExportConfig

@@ -57,7 +57,8 @@ def calibration_from(genuine: np.ndarray, impostor: np.ndarray, fars: list[float
     thresholds = []
     for far in sorted(fars, reverse=True):
         if supports(len(impostor), far):
-            t = threshold_at_far(impostor, far)
+            # float32 cosines of unit vectors can exceed 1 by rounding; the manifest bounds [-1, 1].
+            t = float(np.clip(threshold_at_far(impostor, far), -1.0, 1.0))
             tar = float(np.mean(genuine > t)) if len(genuine) else None
             thresholds.append(Threshold(far=far, threshold=t, n_impostor=len(impostor), tar=tar))
     return Calibration(dataset=dataset, n_genuine=len(genuine), n_impostor=len(impostor), thresholds=tuple(thresholds),

@@ -140,7 +140,7 @@ class Ingester:
                 self.dropped["no_face"] += 1
                 return None
             crop, quality, face_px = result.crop, result.quality, result.quality.size_px
-        relative = Path("crops") / source / identity / f"{path.stem}-{sha[:8]}.png"
+        relative = Path("crops") / identity / f"{path.stem}-{sha[:8]}.png"  # identity is <source>/<name>
         (self.out / relative).parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(self.out / relative), crop):
             raise OSError(f"cannot write crop {self.out / relative}")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .dataset import Record
 from .distributed import DistEnv, broadcast_floats, check_replicas
@@ -32,6 +32,7 @@ from .progress import Progress
 log = logging.getLogger(__name__)
 
 LAST, BEST = "ckpt_last.pt", "ckpt_best.pt"
+PRECISE_BN_IMAGES = 1024
 
 
 def seed_everything(seed: int) -> None:
@@ -66,6 +67,27 @@ class CropDataset(Dataset):
                 target = self.flipped_targets[i]
         rgb = np.ascontiguousarray(crop[..., ::-1].transpose(2, 0, 1))
         return (torch.from_numpy(rgb).float() - MEAN) / STD, torch.as_tensor(target)
+
+
+@torch.no_grad()
+def precise_bn(backbone: nn.Module, loader: DataLoader, device: torch.device) -> None:
+    """Re-estimate BatchNorm statistics as a plain average over a fixed set of training images.
+
+    The running averages lag while the weights still move fast (short runs), which makes the
+    eval-mode embeddings (what is served) collapse towards one direction.
+    """
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was_training = backbone.training
+    backbone.train()
+    for images, _ in loader:
+        backbone(images.to(device))
+    backbone.train(was_training)
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
 
 
 @dataclass
@@ -132,6 +154,9 @@ class Loop:
         self.loader = DataLoader(dataset, cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
                                  drop_last=True, pin_memory=env.device.type == "cuda",
                                  persistent_workers=cfg.workers > 0)  # fmt: skip
+        # A fixed subset of training images for precise_bn before each validation.
+        subset = Subset(dataset, range(min(len(dataset), PRECISE_BN_IMAGES)))
+        self.bn_loader = DataLoader(subset, cfg.batch_size, num_workers=cfg.workers)
         if len(self.loader) == 0:
             raise TrainingError(f"{len(dataset)} images make no full batch of {cfg.batch_size} per process")
         self.steps_per_epoch = len(self.loader)
@@ -216,6 +241,8 @@ class Loop:
         while self.epoch < self.cfg.epochs and self.step < self.total and not stopped:
             start = time.perf_counter()
             loss = self._epoch()
+            if self.env.main:  # DDP hands rank 0's BatchNorm buffers to every rank at the next forward
+                precise_bn(self.trainee.backbone, self.bn_loader, self.env.device)
             score = self.validate(self.trainee.backbone) if self.env.main else 0.0
             score = broadcast_floats(self.env, [score])[0]
             improved = score > self.best

@@ -60,6 +60,11 @@ def loop_config(cfg: TrainConfig, seed: int, device: torch.device) -> LoopConfig
 
 def fit_arcface(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, resume: bool = False) -> FitResult:
     """Train on `folder`'s train split; checkpoints to `out` (rank 0) unless it is None."""
+    return arcface_loop(cfg, folder, env, out, resume).fit()
+
+
+def arcface_loop(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, resume: bool = False) -> Loop:
+    """The ready-to-fit loop (resumed if asked) over the train split."""
     seed_everything(cfg.seed)
     manifest = load_manifest(folder)
     records = select(manifest, "train")
@@ -83,7 +88,7 @@ def fit_arcface(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, re
     if env.main:
         log.info("training %d images of %d identities on %d process(es), %s; %d steps per epoch",
                  len(records), len(names), env.world, env.device, loop.steps_per_epoch)  # fmt: skip
-    return loop.fit()
+    return loop
 
 
 def overfit_gate(cfg: RunConfig, folder: Path, env: DistEnv) -> None:
