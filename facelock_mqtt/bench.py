@@ -14,9 +14,12 @@ Numbers depend on the load of the machine: the 1-minute load average is recorded
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
 import platform
+import pstats
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,8 +58,8 @@ LATENCY_PERSON = "s0001"
 class Sizes:
     repeats: int = 5
     gate_frames: int = 60
-    day_seconds: float = 600.0
-    day_visits: int = 4
+    day_seconds: float = 900.0
+    day_visits: int = 3
     day_repeats: int = 3
     latency_trials: int = 30
     latency_fps: tuple[float, ...] = (5.0, 10.0)
@@ -171,8 +174,28 @@ class Bench:
             recognizer.close()
 
 
+def profiled(call: Callable[[], dict], target: Path | None) -> dict:
+    """Run `call`, under cProfile (this thread only) when `target` is given: top functions to it."""
+    if target is None:
+        return call()
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(call)
+    finally:
+        text = io.StringIO()
+        stats = pstats.Stats(profile, stream=text).strip_dirs()
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(25)
+        target.write_text(text.getvalue())
+
+
 def run_bench(
-    base: Settings, sizes: Sizes, sections: list[str], data: Path, log: Callable[[str], None] = print
+    base: Settings,
+    sizes: Sizes,
+    sections: list[str],
+    data: Path,
+    log: Callable[[str], None] = print,
+    profile_dir: Path | None = None,
 ) -> dict:
     """Run the chosen sections; return the report (every section with its load and duration)."""
     if not (data / "nuaa" / "live").is_dir():
@@ -186,7 +209,8 @@ def run_bench(
             for name in sections:
                 log(f"bench: {name} ...")
                 load, start = os.getloadavg()[0], time.monotonic()
-                result = getattr(bench, name)()
+                target = profile_dir / f"{name}.txt" if profile_dir else None
+                result = profiled(getattr(bench, name), target)
                 result["load_1min"] = {"before": load, "after": os.getloadavg()[0]}
                 result["duration_s"] = time.monotonic() - start
                 report["sections"][name] = result
@@ -211,7 +235,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"bench: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    report = run_bench(settings, SMOKE if args.smoke else Sizes(), sections, args.data or default_data())
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    sizes = SMOKE if args.smoke else Sizes()
+    report = run_bench(settings, sizes, sections, args.data or default_data(), profile_dir=args.profile)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     text = markdown(report)
@@ -228,4 +255,7 @@ def add_bench_command(sub: argparse._SubParsersAction, command: Callable) -> Non
     p.add_argument("--data", type=Path, help="the shared face data folder (default: ../shared/data)")
     p.add_argument("--json", type=Path, help="write the full report to this file")
     p.add_argument("--markdown", type=Path, help="write the Markdown tables to this file")
+    p.add_argument(
+        "--profile", type=Path, metavar="DIR", help="cProfile each section; top functions to DIR/<section>.txt"
+    )
     command("bench")(_bench)
