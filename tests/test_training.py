@@ -24,6 +24,7 @@ from facelock_mqtt.imageio import read_image
 from facelock_mqtt.settings import ModelSettings, QualitySettings
 from training.config import RunConfig, load_config
 from training.dataset import load_crops, load_manifest, save_manifest
+from training.distributed import DistEnv
 from training.ingest import ingest
 from training.overfit import run_overfit
 from training.split import check_disjoint, split
@@ -47,6 +48,9 @@ def tiny_config(data: Path, **sections) -> RunConfig:
     }
     raw.update(sections)
     return RunConfig.model_validate(raw)
+
+
+CPU = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 
 
 def make_dataset(shared_data: Path, folder: Path) -> tuple[RunConfig, Path]:

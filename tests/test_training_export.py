@@ -4,7 +4,6 @@ facelock_mqtt verifying real photographs."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,14 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:
-    import torch
-except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("torch is not installed (pip install -e .[training])", allow_module_level=True)
-
-from test_training import make_dataset
+# First: skips this module cleanly (or fails in CI) when torch is missing, like test_training.
+from test_training import CPU, dataset, facelock_data, torch  # noqa: F401 (fixtures)
 
 from facelock_mqtt.bundle import file_entry, load_bundle, write_bundle
 from facelock_mqtt.default_bundle import default_bundle
@@ -29,7 +22,6 @@ from facelock_mqtt.recognizer import Recognizer
 from facelock_mqtt.settings import MatchSettings, ModelSettings, QualitySettings
 from training.config import GateConfig, RunConfig
 from training.dataset import load_crops, load_manifest, select
-from training.distributed import DistEnv
 from training.errors import GateRefused, ParityError
 from training.export import check_parity, export_bundle, export_onnx
 from training.gate import calibrate
@@ -37,17 +29,6 @@ from training.model import MobileFaceNet, backbone_from_checkpoint
 from training.train import fit_arcface
 
 ROOT = Path(__file__).resolve().parent.parent
-CPU = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def dataset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path]:
-    return make_dataset(shared_data, tmp_path_factory.mktemp("dataset"))
-
-
-@pytest.fixture(scope="module")
-def facelock_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("facelock")
 
 
 def _checkpoint(cfg: RunConfig, folder: Path, out: Path, steps: int | None) -> Path:
