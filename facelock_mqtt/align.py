@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .errors import ImageError
+
 # Left eye, right eye, nose tip, left and right mouth corners (image left/right).
 ARCFACE_TEMPLATE = np.array(
     [
@@ -32,6 +34,8 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
         sign[1, 1] = -1
     rotation = u @ sign @ vt
     variance = (src_c**2).sum() / len(src)
+    if not variance > 1e-6:  # all landmarks on one point (or NaN): no face to align
+        raise ImageError("degenerate face landmarks")
     scale = (singular * np.diag(sign)).sum() / variance
     translation = dst_mean - scale * rotation @ src_mean
     return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)

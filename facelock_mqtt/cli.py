@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .audit import AUDIT_FILE, AuditLog
 from .bundle import load_bundle, with_calibration
@@ -128,8 +128,15 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> None:
     emit(args, result.model_dump(mode="json"), "\n".join(lines))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (sub-commands inherit the class); `--help` still shows usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="facelock", description="Face-recognition door lock for Home Assistant.")
+    top = _Parser(prog="facelock", description="Face-recognition door lock for Home Assistant.")
     top.add_argument("--data-dir", type=Path, help="folder for the gallery and caches (FACELOCK_DATA_DIR)")
     top.add_argument("--bundle", type=Path, help="model bundle or insightface pack folder (default: YuNet + SFace)")
     top.add_argument("--threads", type=int, help="CPU threads per model")

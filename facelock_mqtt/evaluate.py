@@ -7,6 +7,7 @@ through detection + alignment + embedding, with per-condition slices.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 import time
@@ -39,15 +40,30 @@ class Embedded:
     seconds: float
 
 
+def labelled(root: Path) -> set[str] | None:
+    """Names listed in `<root>/labels.csv` (first column), when the folder has one."""
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        return None
+    with open(labels, newline="") as fh:
+        return {row[0] for row in list(csv.reader(fh))[1:] if row}
+
+
 def image_files(root: Path) -> list[tuple[str, Path]]:
-    """(identity, path) for every image in `<identity>/<image>` folders, sorted."""
+    """(identity, path) for every image in `<identity>/<image>` folders, sorted.
+
+    When a `labels.csv` lists the files (by name or by path under the folder), unlisted ones,
+    such as unlabelled scene photos, are left out.
+    """
     if not root.is_dir():
         raise FaceLockError(f"{root} is not a folder")
+    listed = labelled(root)
     files = [
         (folder.name, file)
         for folder in sorted(p for p in root.iterdir() if p.is_dir())
         for file in sorted(folder.iterdir())
         if file.suffix.lower() in IMAGE_SUFFIXES
+        and (listed is None or file.name in listed or str(file.relative_to(root)) in listed)
     ]
     if not files:
         raise FaceLockError(f"{root} holds no <identity>/<image> files")

@@ -75,7 +75,7 @@ class Gallery:
         except StorageError as exc:
             raise GalleryError(f"gallery {self.path} is unsafe: {exc}") from exc
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -110,13 +110,16 @@ class Gallery:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise GalleryError(f"gallery {self.path} is busy or not writable: {exc}") from exc
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def add(self, name: str, samples: list[Sample], fingerprint: str) -> int:
         """Add samples (and their templates) to a person, creating the person; all or nothing."""

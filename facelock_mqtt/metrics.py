@@ -63,7 +63,9 @@ def _best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     negatives_below = np.cumsum(~sorted_same)
     index = np.searchsorted(scores[order], candidates, side="right") - 1
     correct = negatives_below[index] + (sorted_same.sum() - positives_below[index])
-    return float(candidates[int(np.argmax(correct))])
+    best = int(np.argmax(correct))
+    # Midway to the next score up: the edge of the margin would favour rejecting on held-out data.
+    return float((candidates[best] + candidates[best + 1]) / 2 if best + 1 < len(candidates) else candidates[best])
 
 
 def lfw_10fold(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[float, float]:

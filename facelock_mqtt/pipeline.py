@@ -47,7 +47,10 @@ class FaceEngine:
         A face failing quality is returned with its reasons and, unless `embed_poor`, no
         embedding: it can never be matched.
         """
-        faces = self.faces(image, region)
+        return self.analyze_faces(image, self.faces(image, region), embed_poor)
+
+    def analyze_faces(self, image: np.ndarray, faces: list[Face], embed_poor: bool = False) -> FaceResult | None:
+        """`analyze` for faces already detected in `image`."""
         if not faces:
             return None
         face = max(faces, key=frontal_rank)

@@ -102,7 +102,7 @@ class Recognizer:
         large = [f for f in faces if face_size(f) >= self.quality_settings.min_face_px]
         if len(large) > 1:
             raise EnrollmentError(f"{source}: {len(large)} faces found; enroll from a photo of one person")
-        result = self.engine.analyze(image)
+        result = self.engine.analyze_faces(image, faces)
         if result is None or result.embedding is None:
             reasons = "; ".join(result.quality.reasons) if result else "no face found"
             raise EnrollmentError(f"{source}: poor quality: {reasons}")
