@@ -27,15 +27,15 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     dst = np.asarray(target, dtype=np.float64)
     src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
     src_c, dst_c = src - src_mean, dst - dst_mean
+    variance = (src_c**2).sum() / len(src)
+    if not variance > 1e-6:  # all landmarks on one point (or NaN, which the SVD would reject)
+        raise ImageError("degenerate face landmarks")
     covariance = dst_c.T @ src_c / len(src)
     u, singular, vt = np.linalg.svd(covariance)
     sign = np.eye(2)
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         sign[1, 1] = -1
     rotation = u @ sign @ vt
-    variance = (src_c**2).sum() / len(src)
-    if not variance > 1e-6:  # all landmarks on one point (or NaN): no face to align
-        raise ImageError("degenerate face landmarks")
     scale = (singular * np.diag(sign)).sum() / variance
     translation = dst_mean - scale * rotation @ src_mean
     return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)

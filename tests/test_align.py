@@ -13,6 +13,7 @@ from facelock_mqtt.align import ARCFACE_TEMPLATE, CROP_SIZE, align_face, similar
 from facelock_mqtt.bundle import load_bundle
 from facelock_mqtt.default_bundle import default_bundle
 from facelock_mqtt.detect import Detector, load_detector
+from facelock_mqtt.errors import ImageError
 from facelock_mqtt.imageio import read_image
 
 MARGIN = 56
@@ -68,6 +69,12 @@ def test_mirrored_landmarks_give_a_rotation_never_a_reflection() -> None:
     mirrored[:, 0] = CROP_SIZE - mirrored[:, 0]
     matrix = similarity_transform(mirrored, ARCFACE_TEMPLATE)
     assert np.linalg.det(matrix[:, :2]) > 0
+
+
+@pytest.mark.parametrize("landmarks", [np.full((5, 2), 50.0), np.full((5, 2), np.nan)], ids=["one-point", "nan"])
+def test_degenerate_landmarks_are_refused(landmarks: np.ndarray) -> None:
+    with pytest.raises(ImageError, match="degenerate face landmarks"):
+        align_face(np.full((100, 100, 3), 200, np.uint8), landmarks.astype(np.float32))
 
 
 def dot_image(forward: np.ndarray, shape: tuple[int, int], radius: int) -> np.ndarray:

@@ -73,13 +73,19 @@ def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> Non
     ids=["none", "unknown-command", "enroll-nothing", "enroll-no-images", "eval-no-data", "eval-bad-protocol",
          "threads-not-int", "verify-one-image"],
 )  # fmt: skip
-def test_bad_arguments_exit_2_with_an_error_line(
+def test_bad_arguments_exit_2_with_one_error_line(
     capsys: pytest.CaptureFixture[str], data_dir: Path, argv: list[str]
 ) -> None:
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1] and errors[0].startswith("facelock")
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("facelock") and ": error: " in lines[0] and "--help" in lines[0]
+
+
+def test_help_still_shows_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "enroll", "--help")
+    assert code == 0 and out.startswith("usage: facelock enroll")
 
 
 @pytest.mark.parametrize(
@@ -242,6 +248,22 @@ def test_eval_folder_json_report(
     assert report["worst_slice"] in {"centerlight", "leftlight"}
     calibrated = report["slices"]["all"]["at_calibrated"]["1e-6"]
     assert calibrated["tar"] == 1.0 and calibrated["far"] == 0.0
+
+
+def test_eval_folder_leaves_out_files_labels_csv_does_not_list(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, deepface: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "faces"
+    for name, files in {"alice": ALICE, "bob": BOB, "scenes": ["scenes/couple.jpg"]}.items():
+        (data / name).mkdir(parents=True)
+        for file in files:
+            shutil.copy(deepface / file, data / name)
+    (data / "labels.csv").write_text("file,identity\n" + "".join(f"{Path(f).name},x\n" for f in ALICE + BOB))
+    report_file = tmp_path / "folder.json"
+    code, _, err = run(capsys, "eval", "folder", "--data", str(data), "--json", str(report_file))
+    assert code == 0, err
+    report = json.loads(report_file.read_text())
+    assert (report["n_images"], report["n_genuine"], report["n_impostor"]) == (4, 2, 4)
 
 
 def test_console_script_error_is_one_line(tmp_path: Path, bundle: Bundle) -> None:

@@ -164,6 +164,18 @@ def test_corrupt_database_is_refused(tmp_path: Path) -> None:
         Gallery(path)
 
 
+def test_busy_gallery_is_a_clear_error_and_writes_nothing(recognizer: Recognizer, deepface: Path) -> None:
+    recognizer.gallery.db.execute("PRAGMA busy_timeout = 200")  # the service waits 30 s; a test need not
+    other = sqlite3.connect(recognizer.gallery.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing
+    with pytest.raises(GalleryError, match="busy or not writable"):
+        recognizer.enroll("alice", photos(deepface, ENROL["alice"]))
+    other.execute("ROLLBACK")
+    other.close()
+    assert recognizer.gallery.people() == []
+    assert recognizer.enroll("alice", photos(deepface, ENROL["alice"])) == 2  # free again
+
+
 def test_adding_no_samples_is_refused(tmp_path: Path) -> None:
     gallery = Gallery(tmp_path / GALLERY_FILE)
     with pytest.raises(GalleryError, match="nothing to enroll"):
