@@ -7,6 +7,7 @@ written by `training/`. Every file is hashed on load; a mismatch refuses the who
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -95,8 +96,15 @@ class Bundle:
     def file(self, role: str) -> Path:
         return self.path / self.manifest.files[role].path
 
+    def model_bytes(self, role: str) -> bytes:
+        """The file's bytes, checked against the manifest once more: what runs is what was verified."""
+        data = self.file(role).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest.files[role].sha256:
+            raise BundleError(f"bundle {self.path}: {self.manifest.files[role].path} changed since it was verified")
+        return data
+
     def session(self, role: str, threads: int) -> ort.InferenceSession:
-        return open_session(self.file(role), threads)
+        return open_session(self.model_bytes(role), threads)
 
     def threshold_for(self, target_far: float) -> Threshold:
         """The strictest-needed calibrated threshold whose FAR is at or below the target.

@@ -57,12 +57,9 @@ class Embedder:
         spec = bundle.manifest.embedder
         self.spec = spec.input
         self.size = spec.embedding_size
-        model = onnx.load(str(bundle.file(spec.file)))
-        self.session = (
-            open_session(model.SerializeToString(), threads)
-            if rewrite_prelu(model)
-            else bundle.session(spec.file, threads)
-        )
+        model = onnx.load_from_string(bundle.model_bytes(spec.file))
+        rewrite_prelu(model)
+        self.session = open_session(model.SerializeToString(), threads)
         self.input_name = self.session.get_inputs()[0].name
         batch_dim = self.session.get_inputs()[0].shape[0]
         # A graph with a fixed batch of 1 (most third-party exports) is fed one crop at a time.
