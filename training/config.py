@@ -24,6 +24,7 @@ class SourceConfig(Section):
     aligned: bool = Field(False, description="Images are already ArcFace-aligned 112x112 crops: skip detection.")
     min_images: int = Field(1, ge=1, description="Skip identities with fewer images than this.")
     max_identities: int | None = Field(None, ge=1, description="Keep at most this many identities (sorted by name).")
+    exclude: list[str] = Field(default_factory=list, description="Folders that are not identities (e.g. deepface's scenes).")
 
 
 class IngestConfig(Section):

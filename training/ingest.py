@@ -90,7 +90,8 @@ class Ingester:
         name = source.name or source.path.name
         files = image_files(source.path)
         per_identity = Counter(identity for identity, _ in files)
-        keep = sorted(i for i, n in per_identity.items() if n >= source.min_images)[: source.max_identities]
+        eligible = (i for i, n in per_identity.items() if n >= source.min_images and i not in source.exclude)
+        keep = sorted(eligible)[: source.max_identities]
         keep_set = set(keep)
         if not source.aligned and self.engine is None:
             raise ValueError("detection needs a FaceEngine")
