@@ -5,6 +5,10 @@ background, thresholded difference, dilation, contours above a least area. A cha
 of the frame is taken as lighting (lights switched on, camera exposure, IR cut-over): the
 background is re-seeded and no motion is reported. The gate stays open `hold_s` after the last
 motion so a person who stops in front of the door is still looked at.
+
+A change that stays put for STILL_S seconds (unchanged from frame to frame) is taken into the
+background at once: above all the "ghost" a visitor leaves behind in the running average, which
+otherwise kept the gate, and the detector, running for about ten seconds after every visit.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ _RESIZE = cv2.INTER_LINEAR
 _BLUR = (5, 5)
 _DILATE = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 _DILATE_ITERATIONS = 2
+STILL_S = 2.0  # seconds a changed but unmoving area takes to become background
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class MotionGate:
         self._shape: tuple[int, int] | None = None  # full-frame (height, width)
         self._background: np.ndarray | None = None  # float32 gate-sized running average
         self._keep: np.ndarray | None = None  # uint8 255 where motion counts, 0 under the mask
+        self._previous: np.ndarray | None = None  # last gate image, for frame-to-frame change
+        self._still_since: np.ndarray | None = None  # float32 per pixel: unchanged since (seconds)
         self._moving = False
         self._last_motion: float | None = None
 
@@ -81,7 +88,7 @@ class MotionGate:
             self._frames_passed += 1
             return GateResult(motion=False, passed=True, region=None, changed_fraction=0.0)
         gray = self._prepare(frame_bgr)
-        motion, region, fraction = self._detect(gray)
+        motion, region, fraction = self._detect(gray, now)
         if motion:
             self._last_motion = now
             self._motion_events += not self._moving
@@ -113,10 +120,11 @@ class MotionGate:
         if polygons:
             cv2.fillPoly(keep, polygons, 0)
         self._shape, self._keep, self._background = shape, keep, None
+        self._previous, self._still_since = None, np.zeros((gate_h, gate_w), np.float32)
 
-    def _detect(self, gray: np.ndarray) -> tuple[bool, Region | None, float]:
+    def _detect(self, gray: np.ndarray, now: float) -> tuple[bool, Region | None, float]:
         if self._background is None:
-            self._background = gray.astype(np.float32)
+            self._relearn(gray, now)
             return False, None, 0.0
         diff = cv2.absdiff(gray, cv2.convertScaleAbs(self._background))
         _, moving = cv2.threshold(diff, self._settings.pixel_threshold - 1, 255, cv2.THRESH_BINARY)
@@ -124,11 +132,27 @@ class MotionGate:
         active = cv2.countNonZero(self._keep)
         fraction = cv2.countNonZero(moving) / active if active else 0.0
         if fraction > self._settings.lighting_fraction:
-            self._background = gray.astype(np.float32)  # lighting: learn the new scene at once
+            self._relearn(gray, now)  # lighting: learn the new scene at once
             return False, None, fraction
+        self._absorb_still(gray, moving, now)
         cv2.accumulateWeighted(gray, self._background, self._settings.alpha)
         region = self._moving_region(moving)
         return region is not None, region, fraction
+
+    def _relearn(self, gray: np.ndarray, now: float) -> None:
+        self._background = gray.astype(np.float32)
+        self._previous = gray
+        self._still_since.fill(now)
+
+    def _absorb_still(self, gray: np.ndarray, moving: np.ndarray, now: float) -> None:
+        """Copy into the background the changed pixels that have not moved for STILL_S."""
+        step = cv2.absdiff(gray, self._previous)
+        self._previous = gray
+        moved = (step >= self._settings.pixel_threshold) | (moving == 0)
+        self._still_since[moved] = now
+        settled = (now - self._still_since >= STILL_S) & (moving > 0)
+        if settled.any():
+            self._background[settled] = gray[settled]
 
     def _moving_region(self, moving: np.ndarray) -> Region | None:
         """Bounding box, in full-frame pixels, of the contours at least `min_area` large."""
@@ -193,5 +217,11 @@ def gate_cost_vs_decode(video_path: str | Path, repeats: int = 3) -> dict[str, f
         gate.update(frames[i % len(frames)], now=i / 10)
     gate_ms = (time.perf_counter() - start) * 1000 / (repeats * len(frames))
     height, width = frames[0].shape[:2]
-    return {"width": width, "height": height, "frames": len(frames), "decode_ms": decode_ms,
-            "gate_ms": gate_ms, "ratio": gate_ms / decode_ms}
+    return {
+        "width": width,
+        "height": height,
+        "frames": len(frames),
+        "decode_ms": decode_ms,
+        "gate_ms": gate_ms,
+        "ratio": gate_ms / decode_ms,
+    }

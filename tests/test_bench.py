@@ -15,11 +15,14 @@ import numpy as np
 import onnx
 import pytest
 
+from facelock_mqtt.bench_clips import Scene, background, person_patches, session_frames, visit_frames
 from facelock_mqtt.bench_report import headline
 from facelock_mqtt.cli import main
 from facelock_mqtt.default_bundle import default_bundle
 from facelock_mqtt.embed import Embedder, rewrite_prelu
+from facelock_mqtt.gate import STILL_S, MotionGate
 from facelock_mqtt.imageio import read_image
+from facelock_mqtt.settings import GateSettings
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +89,23 @@ def test_prelu_rewrite_keeps_the_sface_embeddings(home: Path, shared_data: Path)
     embeddings = served.embed(crops)
     assert np.abs(embeddings - reference).max() < 1e-5
     assert np.abs(embeddings @ embeddings.T - reference @ reference.T).max() < 1e-5  # every score kept
+
+
+def test_gate_forgets_the_ghost_of_a_visitor_who_left(shared_data: Path):
+    """The energy figure rests on the gate closing soon after a visit, not when the running
+    average has slowly unlearnt the visitor."""
+    fps, hold = 5.0, GateSettings().hold_s
+    paths = session_frames(shared_data, "s0001", "02")
+    box = np.array([270, 130, 145, 200], np.float32)  # the face in s0001's session-02 frames
+    visit = visit_frames(person_patches(paths, box), fps)
+    scene, gate = Scene(background()), MotionGate(GateSettings())
+    results = [gate.update(scene.render(1.0), i / fps) for i in range(10)]
+    results += [gate.update(scene.render(1.0, p), (10 + i) / fps) for i, p in enumerate(visit)]
+    assert not any(r.passed for r in results[:10])
+    assert all(r.passed for r in results[11:])  # moving in (the first frame shows nobody), standing, leaving
+    left = 10 + len(visit)
+    after = [gate.update(scene.render(1.0), (left + i) / fps) for i in range(60)]
+    open_s = sum(r.passed for r in after) / fps
+    print(f"gate open {open_s:.1f} s after the visitor left")
+    assert open_s <= STILL_S + hold + 2 / fps < 5.0  # the unlearnt ghost kept it open ~8 s
+    assert not any(r.passed for r in after[-20:])
