@@ -44,6 +44,7 @@ def headline(report: dict) -> list[tuple[str, object, str, bool | None]]:
         add("CPU saved by the gate, door day (incl. decoding)", energy["cpu_saving_with_decode"], "(info)", None)
         add("visits missed because of the gate", energy["visits_missed_by_gate"], "0", lambda v: v == 0)
         add("gate openings with nobody there", energy["gate"]["motion_events_without_visit"], "(info)", None)
+        add("frames past the gate with nobody there", energy["gate"]["frames_passed_without_visit"], "(info)", None)
     for run in sections.get("latency", {}).get("runs", []):
         fps = _fmt(run["fps"], 0)
         add(f"unlock latency p50 at {fps} fps (ms)", run["unlock_ms"]["p50"], "<= 150", lambda v: v <= 150)
@@ -139,7 +140,15 @@ def _stages(section: dict) -> list[str]:
         ]
         for c in section["service"]
     ]
-    header = ["cameras", "peak RSS MB", "idle window s", "CPU s", "idle CPU % per camera", "frames", "frames past gate"]
+    header = [
+        "cameras",
+        "peak RSS MB",
+        "idle window s",
+        "CPU s",
+        "idle CPU % per camera",
+        "frames in window",
+        "past the gate",
+    ]
     return lines + _table(header, rows)
 
 

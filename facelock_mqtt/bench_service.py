@@ -204,6 +204,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+def _door_counts(service: Service) -> tuple[int, int]:
+    """Frames seen and frames past the gate, over all doors."""
+    doors = service.doors.values()
+    return sum(d.stats.frames for d in doors), sum(d.stats.gated for d in doors)
+
+
 def _child(args: argparse.Namespace) -> dict:
     cameras = [{"name": f"door{i}", "url": str(args.clip), "fps": 5.0} for i in range(args.cameras)]
     settings = load_settings(
@@ -218,11 +224,11 @@ def _child(args: argparse.Namespace) -> dict:
     try:
         service.start()
         time.sleep(args.warmup)
+        counts = _door_counts(service)
         cpu, wall = time.process_time(), time.monotonic()
         time.sleep(args.seconds)
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
-        frames = sum(d.stats.frames for d in service.doors.values())
-        passed = sum(d.stats.gated for d in service.doors.values())
+        frames, passed = (end - start for end, start in zip(_door_counts(service), counts, strict=True))
     finally:
         service.stop()
     return {"cameras": args.cameras, "peak_rss_mb": _peak_rss_mb(), "window_s": wall, "cpu_s": cpu,

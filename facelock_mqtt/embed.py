@@ -49,6 +49,10 @@ def rewrite_prelu(model: onnx.ModelProto) -> int:
     if count:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
+        used = {name for node in nodes for name in node.input}
+        kept = [t for t in model.graph.initializer if t.name in used]  # the PRelu slopes are gone
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
     return count
 
 

@@ -44,7 +44,7 @@ def smoke(home: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactor
 def test_every_headline_figure_is_measured_and_printed(smoke):
     report, text = smoke
     rows = headline(report)
-    assert len(rows) >= 12  # 2 gate sizes, 4 energy, 2 latency, embedder, 2 idle, peer
+    assert len(rows) >= 13  # 2 gate sizes, 5 energy, 2 latency, embedder, 2 idle, peer
     missing = [label for label, value, _, _ in rows if value is None]
     assert not missing, missing
     for label, *_ in rows:
