@@ -184,8 +184,8 @@ def test_adding_no_samples_is_refused(tmp_path: Path) -> None:
     gallery.close()
 
 
-# Enrolls people of three samples each in a loop, with removals, reporting each write before
-# it starts and after it is committed.
+# Enrolls people of three samples each in a loop, with removals, reporting each write to a log
+# file before it starts and after it is committed (each line one write(2): it survives SIGKILL).
 WORKER = """
 import sys
 from pathlib import Path
@@ -194,33 +194,38 @@ from facelock_mqtt.imageio import read_image
 from facelock_mqtt.recognizer import Recognizer
 from facelock_mqtt.settings import MatchSettings, ModelSettings, QualitySettings
 
-data_dir, bundle_dir, prefix, *files = sys.argv[1:]
+data_dir, bundle_dir, prefix, log_path, *files = sys.argv[1:]
+log = open(log_path, "w", buffering=1)
 settings = ModelSettings(threads=1), QualitySettings(), MatchSettings()
 rec = Recognizer(Path(data_dir), *settings, bundle=load_bundle(Path(bundle_dir)))
 samples = [rec.enrollment_sample(read_image(f), f) for f in files]
-print("ready", flush=True)
+print("ready", file=log)
 for i in range(100000):
-    print(f"begin add {prefix}-{i}", flush=True)
+    print(f"begin add {prefix}-{i}", file=log)
     rec.gallery.add(f"{prefix}-{i}", samples, rec.fingerprint)
-    print(f"done add {prefix}-{i}", flush=True)
+    print(f"done add {prefix}-{i}", file=log)
     if i % 4 == 3:
-        print(f"begin remove {prefix}-{i - 2}", flush=True)
+        print(f"begin remove {prefix}-{i - 2}", file=log)
         rec.remove(f"{prefix}-{i - 2}")
-        print(f"done remove {prefix}-{i - 2}", flush=True)
+        print(f"done remove {prefix}-{i - 2}", file=log)
 """
 
 
 def kill_during_enrollment(data_dir: Path, bundle: Bundle, prefix: str, files: list[Path], delay: float) -> list[str]:
-    """Run the worker, SIGKILL it `delay` seconds into its loop, return what it reported done."""
-    args = [sys.executable, "-c", WORKER, str(data_dir), str(bundle.path), prefix, *map(str, files)]
-    worker = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ready = worker.stdout.readline()
-    assert ready == "ready\n", worker.stderr.read()
+    """Run the worker, SIGKILL it `delay` seconds into its loop, return the writes it reported."""
+    log = data_dir / f"{prefix}.log"
+    args = [sys.executable, "-c", WORKER, str(data_dir), str(bundle.path), prefix, str(log), *map(str, files)]
+    worker = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().startswith("ready\n")):
+        assert worker.poll() is None, worker.stderr.read()
+        assert time.monotonic() < deadline, "the worker did not get ready"
+        time.sleep(0.02)
     time.sleep(delay)
     worker.send_signal(signal.SIGKILL)
-    out, _ = worker.communicate(timeout=30)
+    worker.communicate(timeout=30)
     assert worker.returncode == -signal.SIGKILL
-    return out.splitlines()
+    return log.read_text().splitlines()[1:]
 
 
 def test_killed_enrollments_leave_a_consistent_database(tmp_path: Path, bundle: Bundle, deepface: Path) -> None:
@@ -242,6 +247,7 @@ def test_killed_enrollments_leave_a_consistent_database(tmp_path: Path, bundle: 
     assert [row[0] for row in db.execute("PRAGMA integrity_check")] == ["ok"]
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     names = {row[0] for row in db.execute("SELECT name FROM people")}
+    print(f"{len(names)} people after 5 kills; {len(uncertain)} writes were under way when killed")
     assert len(names) >= 5  # every round got some enrollments done
     assert names ^ expected <= uncertain  # every committed write survived the kills, and nothing else
     # Never half a person: three samples each, one template per sample for the bundle.
