@@ -87,7 +87,7 @@ def dot_image(forward: np.ndarray, shape: tuple[int, int], radius: int) -> np.nd
 
 
 def centroid(crop: np.ndarray, around: np.ndarray, half: int = 5) -> np.ndarray:
-    x0, y0 = int(round(around[0])) - half, int(round(around[1])) - half
+    x0, y0 = round(float(around[0])) - half, round(float(around[1])) - half
     window = crop[y0 : y0 + 2 * half + 1, x0 : x0 + 2 * half + 1].max(axis=2).astype(np.float64)
     ys, xs = np.mgrid[0 : 2 * half + 1, 0 : 2 * half + 1]
     return np.array([(xs * window).sum() / window.sum() + x0, (ys * window).sum() / window.sum() + y0])

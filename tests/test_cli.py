@@ -236,7 +236,7 @@ def test_eval_folder_json_report(
     shutil.copy(deepface / "person03/img8.jpg", data / "bob" / "9_leftlight.jpg")
     cv2.imwrite(str(data / "bob" / "wall.png"), np.full((240, 320, 3), 90, np.uint8))
     report_file = tmp_path / "folder.json"
-    code, out, err = run(capsys, "eval", "folder", "--data", str(data), "--json", str(report_file))
+    code, _, err = run(capsys, "eval", "folder", "--data", str(data), "--json", str(report_file))
     assert code == 0, err
     report = json.loads(report_file.read_text())
     assert (report["n_images"], report["n_no_face"], report["n_genuine"], report["n_impostor"]) == (7, 1, 6, 9)
@@ -276,6 +276,7 @@ def test_console_script_error_is_one_line(tmp_path: Path, bundle: Bundle) -> Non
         "FACELOCK_DATA_DIR": str(bundle.path.parent.parent),
         "FACELOCK_OPTIONS_FILE": str(tmp_path / "none"),
     }
-    done = subprocess.run([script, "identify", str(corrupt)], capture_output=True, text=True, env=env, timeout=120)
+    command = [script, "identify", str(corrupt)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"facelock: error: {corrupt}: data is not a decodable image"]
