@@ -173,8 +173,7 @@ class Door:
         liveness = None
         outcome, reason = decision.outcome, decision.reason
         if outcome == "recognized" and self.guards.liveness is not None:
-            matched = [f for f, o in zip(frames, [o for o in decision.observations if o.usable]) if o.person]
-            liveness = self.guards.liveness.assess(matched or frames)
+            liveness = self.guards.liveness.assess(frames)  # every usable frame: more motion evidence
             if not liveness.live:
                 outcome, reason = "spoof_suspected", "liveness: " + "; ".join(liveness.reasons)
         event = {

@@ -22,6 +22,7 @@ from .errors import ImageError
 # The ring is near enough to the face to lie on a held photo; a light blur absorbs landmark jitter.
 RING_INNER, RING_OUTER, RING_BLUR = 1.2, 2.0, 1.0
 MIN_RING_PIXELS = 500
+MIN_PAIRS = 2  # moving frame pairs the temporal cue needs before it may vote
 
 
 class FaceLike(Protocol):
@@ -97,7 +98,9 @@ def temporal_from_pairs(
 ) -> float | None:
     """Share of moving frame pairs whose surroundings did NOT move with the face (live-like).
 
-    None when no pair moved at least `min_motion` eye distances: a still face is no evidence.
+    None with fewer than MIN_PAIRS pairs that moved at least `min_motion` eye distances: a still
+    face is no evidence, and a single pair is too little to veto the CNN (measured: one pair of a
+    real NUAA live session read as a print, turning the person away).
     """
     evidence = [lift < rigid_lift for motion, lift in pairs if motion >= min_motion and lift is not None]
-    return float(np.mean(evidence)) if evidence else None
+    return float(np.mean(evidence)) if len(evidence) >= MIN_PAIRS else None

@@ -16,7 +16,10 @@ FROZEN_BOUND = 0.004 sits three times under that noise floor. So:
   LOOP_RUN such repeats in a row, of successively later frames, make the stream looping.
 
 A repeated frame is never ok (it is no new evidence); a frozen or looping stream is refused until
-RECOVER_S of new frames have come.
+RECOVER_S of new frames have come. The first WARMUP frames of a stream are never ok either: there
+is nothing to compare them with yet, and decoders render a stream's first frames differently
+from the identical ones that follow (seen with MJPG: a frozen clip's first two frames differ,
+the repeats start at the third), so a freeze would pass unnoticed just long enough to unlock.
 
 Limits: the first pass of a replayed clip is new to the check; a replay re-encoded on its way
 (JPEG q70: 0.07 to 0.14 from its first showing) is as far from its original as sensor noise and
@@ -37,6 +40,7 @@ SIZE = 16
 FROZEN_BOUND = 0.004
 FROZEN_RUN = 2  # repeats of the previous frame in a row (3 identical frames) that make a stream frozen
 LOOP_RUN = 3
+WARMUP = 3  # frames a stream must show before any of its frames can count
 RECOVER_S = 2.0  # seconds of fresh frames after which a frozen or looping stream is trusted again
 MIN_SIDE = 32
 MAX_HISTORY = 3000
@@ -91,7 +95,10 @@ class StreamSanity:
         repeat = self._compare(fp) if self._count else None
         self._ring[self._count % self._capacity] = fp.ravel()
         self._count += 1
-        return self._verdict(repeat)
+        verdict = self._verdict(repeat)
+        if verdict.ok and self._count <= WARMUP:
+            return SanityResult(False, f"stream warming up ({self._count} of {WARMUP} frames seen)")
+        return verdict
 
     def _compare(self, fp: np.ndarray) -> str | None:
         """Update the frozen/loop runs with this frame; describe what it repeats, if anything."""
