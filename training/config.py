@@ -45,6 +45,11 @@ class SplitConfig(Section):
     holdout_sources: list[str] = Field(
         default_factory=list, description="Sources whose identities all go to the test split (e.g. yale for lighting analysis)."
     )
+    eval_sources: list[str] = Field(
+        default_factory=list,
+        description="Sources never trained on, their identities shared between val and test: the calibration then "
+        "sees their impostors too (e.g. grayscale, side-lit faces).",
+    )
 
     @model_validator(mode="after")
     def _ratios_sum(self) -> SplitConfig:
@@ -133,6 +138,10 @@ class GateConfig(Section):
     target_far: float = Field(1e-4, gt=0, lt=1, description="FAR the served threshold is calibrated for.")
     min_tar: float = Field(0.9, ge=0, le=1, description="Least test TAR at the target FAR for a bundle to be written.")
     fars: list[float] = Field(default_factory=lambda: [1e-3, 1e-4, 1e-5, 1e-6], description="FARs calibrated into the bundle.")
+    max_far_ratio: float = Field(
+        3.0, ge=1.0, description="Refuse when the test FAR at the val-calibrated threshold exceeds target x this "
+        "(the threshold does not transfer to new people)."
+    )
 
 
 class ExportConfig(Section):

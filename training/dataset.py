@@ -44,6 +44,7 @@ class SplitInfo(BaseModel):
     identities: dict[str, int] = Field(..., description="Identities per split.")
     images: dict[str, int] = Field(..., description="Images per split.")
     holdout_sources: list[str] = Field(default_factory=list)
+    eval_sources: list[str] = Field(default_factory=list)
 
 
 class DatasetManifest(BaseModel):

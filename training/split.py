@@ -40,13 +40,17 @@ def split(manifest: DatasetManifest, cfg: SplitConfig) -> DatasetManifest:
     if not records:
         raise DatasetError("the dataset is empty: nothing to split")
     ratios = cfg.ratios or default_ratios(len(records))
-    held = {r.identity for r in records if r.source in cfg.holdout_sources}
-    unknown = set(cfg.holdout_sources) - {r.source for r in records}
+    unknown = set(cfg.holdout_sources + cfg.eval_sources) - {r.source for r in records}
     if unknown:
-        raise DatasetError(f"split.holdout_sources names sources not in the dataset: {sorted(unknown)}")
-    # Holdout identities go to test whole, so the other ratios apply to the rest.
-    mapping = assign(sorted({r.identity for r in records} - held), ratios, cfg.seed)
+        raise DatasetError(f"split: holdout_sources / eval_sources name sources not in the dataset: {sorted(unknown)}")
+    held = {r.identity for r in records if r.source in cfg.holdout_sources}
+    shared = {r.identity for r in records if r.source in cfg.eval_sources} - held
+    # The ratios apply to the rest; held-out identities go to test whole, eval-only ones half to val.
+    mapping = assign(sorted({r.identity for r in records} - held - shared), ratios, cfg.seed)
     mapping.update({identity: "test" for identity in held})
+    order = sorted(shared)
+    np.random.default_rng(cfg.seed).shuffle(order)
+    mapping.update({identity: "val" if i < len(order) // 2 else "test" for i, identity in enumerate(order)})
     new_records = [r.model_copy(update={"split": mapping[r.identity]}) for r in records]
     info = SplitInfo(
         seed=cfg.seed,
@@ -54,6 +58,7 @@ def split(manifest: DatasetManifest, cfg: SplitConfig) -> DatasetManifest:
         identities=dict(Counter(mapping.values())),
         images=dict(Counter(r.split for r in new_records)),
         holdout_sources=list(cfg.holdout_sources),
+        eval_sources=list(cfg.eval_sources),
     )
     return manifest.model_copy(update={"records": new_records, "split": info})
 
