@@ -149,7 +149,11 @@ def _stages(section: dict) -> list[str]:
         "frames in window",
         "past the gate",
     ]
-    return lines + _table(header, rows)
+    lines += _table(header, rows) + [""]
+    for child in section["service"]:
+        split = ", ".join(f"{name} {percent:.2f}" for name, percent in child.get("cpu_percent_by_thread", {}).items())
+        lines.append(f"- idle CPU % of a core by thread, {child['cameras']} camera(s): {split}")
+    return lines
 
 
 def _peer(section: dict) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -204,6 +205,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process by kind of thread: Python threads by name (without the door
+    suffix), threads that Python did not start (the video decoder's, onnxruntime's) as `native`."""
+    names = {t.native_id: re.sub(r"-[a-z0-9_]+$", "", t.name) for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        kind = names.get(int(task.name), "native")
+        totals[kind] = totals.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return totals
+
+
 def _door_counts(service: Service) -> tuple[int, int]:
     """Frames seen and frames past the gate, over all doors."""
     doors = service.doors.values()
@@ -224,15 +241,17 @@ def _child(args: argparse.Namespace) -> dict:
     try:
         service.start()
         time.sleep(args.warmup)
-        counts = _door_counts(service)
+        counts, threads = _door_counts(service), thread_cpu_s()
         cpu, wall = time.process_time(), time.monotonic()
         time.sleep(args.seconds)
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        by_thread = {k: v - threads.get(k, 0.0) for k, v in thread_cpu_s().items()}
         frames, passed = (end - start for end, start in zip(_door_counts(service), counts, strict=True))
     finally:
         service.stop()
     return {"cameras": args.cameras, "peak_rss_mb": _peak_rss_mb(), "window_s": wall, "cpu_s": cpu,
-            "frames": frames, "frames_past_gate": passed}  # fmt: skip
+            "frames": frames, "frames_past_gate": passed,
+            "cpu_percent_by_thread": {k: 100 * v / wall for k, v in sorted(by_thread.items()) if v > 0}}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
