@@ -79,7 +79,7 @@ class Ingester:
         except ValueError:
             log.warning("ignoring unreadable earlier manifest %s", path)
             return {}
-        return {r.sha256 + r.source: r for r in old.records if (self.out / r.crop).is_file()}
+        return {f"{r.identity}:{r.sha256}": r for r in old.records if (self.out / r.crop).is_file()}
 
     def run(self) -> DatasetManifest:
         for source in self.cfg.sources:
@@ -113,7 +113,7 @@ class Ingester:
             self.dropped["exact_duplicate"] += 1
             return
         self.seen_sha.add(sha)
-        record = self.cache.get(sha + source) or self._new_record(source, identity, path, sha, aligned)
+        record = self.cache.get(f"{identity}:{sha}") or self._new_record(source, identity, path, sha, aligned)
         if record is None:
             return
         hashes, value = self.hashes.setdefault(identity, []), int(record.dhash, 16)
