@@ -130,7 +130,9 @@ class CameraSettings(Section):
     name: str = Field(..., pattern=r"^[a-z0-9_]+$", description="Door name (lower-case letters, digits, _).")
     url: str | None = Field(None, description="OpenCV source: rtsp://, http:// MJPEG, a video file or /dev/videoN.")
     mqtt_topic: str | None = Field(None, description="MQTT topic carrying JPEG snapshots (e.g. Frigate's).")
-    fps: float = Field(5.0, gt=0.0, le=60.0, description="Frames per second taken from the source.")
+    fps: float = Field(
+        10.0, gt=0.0, le=60.0, description="Frames per second taken from the source (10 or more keeps unlocks fast)."
+    )
     mask: list[list[list[int]]] = Field(
         default_factory=list, description="Polygons ([[x, y], ...], frame pixels) where motion is ignored."
     )
