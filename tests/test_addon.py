@@ -24,7 +24,7 @@ import yaml
 
 from facelock_mqtt import addon_schema
 from facelock_mqtt.errors import ConfigError
-from facelock_mqtt.settings import load_settings
+from facelock_mqtt.settings import CameraSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -296,7 +296,7 @@ def test_documented_cameras_and_user_options_load_as_settings(tmp_path, no_facel
         ("front_door", True, None),
         ("back_door", False, "frigate/back_door/person/snapshot"),
     ]
-    assert settings.cameras[1].fps == 2.0 and settings.cameras[0].fps == 5.0
+    assert settings.cameras[1].fps == 2.0 and settings.cameras[0].fps == CameraSettings.model_fields["fps"].default
     assert settings.lock.relock_s == 8.0 and settings.lock.pin.get_secret_value() == "2468"
     assert settings.mqtt.base_topic == "home/facelock" and settings.log_level == "debug"
 
