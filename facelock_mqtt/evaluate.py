@@ -222,7 +222,8 @@ def calibrate(engine: FaceEngine, data: Path, aligned: bool, model_card: str | N
     genuine, impostor = all_pairs_scores(embedded.embeddings, embedded.labels)
     table = tar_at_far(genuine, impostor, FARS)
     thresholds = tuple(
-        Threshold(far=v["far"], threshold=v["threshold"], n_impostor=len(impostor), tar=v["tar"])
+        # float32 cosines of (near-)identical vectors can exceed 1 by a rounding step
+        Threshold(far=v["far"], threshold=min(v["threshold"], 1.0), n_impostor=len(impostor), tar=v["tar"])
         for v in table.values()
         if supports(len(impostor), v["far"])
     )
