@@ -8,5 +8,6 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     $sudo_cmd apt-get update -q && $sudo_cmd apt-get install -y -q mosquitto
 fi
 scripts/setup.sh test
+. .venv/bin/activate  # the tests also run the installed `facelock` command
 export PATH="$PATH:/usr/sbin"
-exec .venv/bin/python -m pytest -q "$@"
+exec python -m pytest -q "$@"
