@@ -165,17 +165,20 @@ def read_manifest(path: Path) -> Manifest:
     return read_json_model(path / MANIFEST, Manifest, "")
 
 
+def verify_digest(file: Path, expected: str, hint: str) -> None:
+    """BundleError unless `file` exists and its SHA-256 is `expected`; `hint` says what to do."""
+    if not file.is_file():
+        raise BundleError(f"{file} is missing; {hint}")
+    actual = sha256_file(file)
+    if actual != expected:
+        raise BundleError(
+            f"{file} fails its SHA-256 check (expected {expected[:12]}…, found {actual[:12]}…); {hint}"
+        )
+
+
 def verify_files(path: Path, manifest: Manifest) -> None:
-    for role, entry in manifest.files.items():
-        file = path / entry.path
-        if not file.is_file():
-            raise BundleError(f"bundle {path}: file {entry.path} ({role}) is missing")
-        actual = sha256_file(file)
-        if actual != entry.sha256:
-            raise BundleError(
-                f"bundle {path}: {entry.path} fails its SHA-256 check "
-                f"(expected {entry.sha256[:12]}…, found {actual[:12]}…); refusing to serve it"
-            )
+    for entry in manifest.files.values():
+        verify_digest(path / entry.path, entry.sha256, "refusing to serve this bundle")
     for role in (manifest.detector.file, manifest.embedder.file):
         if role not in manifest.files:
             raise BundleError(f"bundle {path}: manifest names file role {role!r} but lists no such file")

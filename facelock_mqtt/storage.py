@@ -13,7 +13,6 @@ umask), and existing files are checked before they are trusted:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -25,15 +24,10 @@ log = logging.getLogger(__name__)
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
-_CHUNK = 1 << 20
 
 
 class StorageError(FaceLockError):
     """A private file or folder is unsafe to use (foreign owner, writable by others, a link)."""
-
-
-class IntegrityError(StorageError):
-    """A file's content does not match its recorded SHA-256 digest."""
 
 
 def _check_and_fix(fd: int, path: Path, want_dir: bool) -> None:
@@ -147,21 +141,3 @@ def _fsync_dir(folder: Path) -> None:
     finally:
         os.close(fd)
 
-
-def file_digest(path: Path | str) -> str:
-    """SHA-256 of a file's content, hex."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
-    return digest.hexdigest()
-
-
-def verify_digest(path: Path | str, expected: str) -> None:
-    """Raise IntegrityError unless the file's SHA-256 equals `expected` (hex)."""
-    actual = file_digest(path)
-    if actual != expected.lower():
-        raise IntegrityError(f"{path} has SHA-256 {actual}, expected {expected.lower()}: it was changed or corrupted")

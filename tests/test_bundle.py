@@ -59,7 +59,7 @@ def test_flipped_byte_is_refused_with_a_clear_message(bundle_copy: Path) -> None
 
 def test_missing_model_file_is_refused(bundle_copy: Path) -> None:
     (bundle_copy / "yunet.onnx").unlink()
-    with pytest.raises(BundleError, match=r"yunet\.onnx \(detector\) is missing"):
+    with pytest.raises(BundleError, match=r"yunet\.onnx is missing; refusing to serve this bundle"):
         load_bundle(bundle_copy)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -12,13 +11,10 @@ from pathlib import Path
 import pytest
 
 from facelock_mqtt.storage import (
-    IntegrityError,
     StorageError,
-    file_digest,
     secure_dir,
     secure_file,
     secure_tree,
-    verify_digest,
     write_private,
 )
 
@@ -145,16 +141,3 @@ def test_write_private_replaces_atomically(tmp_path: Path) -> None:
     assert path.read_bytes() == b"new" * 1000 and mode(path) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temporary left over
 
-
-def test_digest_detects_a_changed_byte(tmp_path: Path) -> None:
-    path = tmp_path / "gallery.sqlite3"
-    content = os.urandom(3 << 20)  # spans several read chunks
-    path.write_bytes(content)
-    digest = file_digest(path)
-    assert digest == hashlib.sha256(content).hexdigest()
-    verify_digest(path, digest.upper())
-    path.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
-    with pytest.raises(IntegrityError, match="SHA-256"):
-        verify_digest(path, digest)
-    with pytest.raises(StorageError, match="cannot read"):
-        file_digest(tmp_path / "missing")
