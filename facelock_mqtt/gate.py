@@ -14,10 +14,8 @@ otherwise kept the gate, and the detector, running for about ten seconds after e
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -199,33 +197,3 @@ def expand_region(region: Region, frame_shape: Sequence[int], factor: float) -> 
     x0, y0 = max(0, int(cx - half_w)), max(0, int(cy - half_h))
     x1, y1 = min(width, int(np.ceil(cx + half_w))), min(height, int(np.ceil(cy + half_h)))
     return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
-
-
-def gate_cost_vs_decode(video_path: str | Path, repeats: int = 3) -> dict[str, float]:
-    """Benchmark: the gate's ms per frame against decoding the same frames from `video_path`."""
-    capture = cv2.VideoCapture(str(video_path))
-    frames: list[np.ndarray] = []
-    start = time.perf_counter()
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    decode_ms = (time.perf_counter() - start) * 1000 / max(1, len(frames))
-    capture.release()
-    if not frames:
-        raise ImageError(f"benchmark: no frame could be decoded from {video_path}")
-    gate = MotionGate(GateSettings())
-    start = time.perf_counter()
-    for i in range(repeats * len(frames)):
-        gate.update(frames[i % len(frames)], now=i / 10)
-    gate_ms = (time.perf_counter() - start) * 1000 / (repeats * len(frames))
-    height, width = frames[0].shape[:2]
-    return {
-        "width": width,
-        "height": height,
-        "frames": len(frames),
-        "decode_ms": decode_ms,
-        "gate_ms": gate_ms,
-        "ratio": gate_ms / decode_ms,
-    }
