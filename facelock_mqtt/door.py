@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -39,7 +40,7 @@ class Guards:
     liveness: LivenessModel | None
 
 
-class Publisher:
+class Publisher(Protocol):
     """What a door needs from Home Assistant; the bridge implements it."""
 
     def publish_decision(self, door: str, event: dict, snapshot_jpeg: bytes | None = None) -> dict: ...
