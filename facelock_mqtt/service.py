@@ -7,9 +7,12 @@ import logging
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from .audit import AUDIT_FILE, AuditLog
 from .broker import embedded_broker_for
@@ -26,7 +29,7 @@ from .storage import secure_dir
 log = logging.getLogger(__name__)
 
 SENSOR_PERIOD_S = 10.0
-SUPERVISOR_MQTT = "http://supervisor/services/mqtt"
+SUPERVISOR_URL = "http://supervisor"
 
 
 class LoggingRelay:
@@ -44,25 +47,50 @@ class LoggingRelay:
 
 
 def supervisor_mqtt(settings: MqttSettings) -> MqttSettings:
-    """Inside Home Assistant, the Supervisor hands out the MQTT broker's address and credentials."""
+    """Inside Home Assistant, the Supervisor hands out the MQTT broker's address and credentials.
+
+    Its answer goes through `MqttSettings` validation like any other setting (a `model_copy`
+    would skip it and leave, e.g., the password a plain string); a malformed or partial answer is
+    a one-line ConfigError naming what is wrong.
+    """
     token = os.environ.get("SUPERVISOR_TOKEN")
     if settings.host is not None or not token:
         return settings
-    request = urllib.request.Request(SUPERVISOR_MQTT, headers={"Authorization": f"Bearer {token}"})
+    url = os.environ.get("FACELOCK_SUPERVISOR_URL", SUPERVISOR_URL).rstrip("/") + "/services/mqtt"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            data = json.load(response)["data"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"mqtt: the Supervisor gave no MQTT service ({exc}); install the Mosquitto add-on") from exc
-    return settings.model_copy(
-        update={
-            "host": data["host"],
-            "port": int(data["port"]),
-            "username": data.get("username"),
-            "password": data.get("password"),
-            "tls": bool(data.get("ssl", False)),
-        }
+            answer = json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise ConfigError(
+            f"mqtt: the Supervisor refused the MQTT service request ({exc.code} {exc.reason}); "
+            "install the Mosquitto add-on and restart FaceLock"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"mqtt: cannot ask the Supervisor for the MQTT service at {url} ({exc})") from exc
+    return _mqtt_from_supervisor(settings, answer)
+
+
+def _mqtt_from_supervisor(settings: MqttSettings, answer: object) -> MqttSettings:
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(data, dict):
+        raise ConfigError("mqtt: the Supervisor's MQTT service answer has no 'data' object")
+    missing = [key for key in ("host", "port") if data.get(key) in (None, "")]
+    if missing:
+        raise ConfigError(f"mqtt: the Supervisor's MQTT service answer lacks {', '.join(missing)}")
+    fields = settings.model_dump()
+    fields.update(
+        host=data["host"],
+        port=data["port"],
+        username=data.get("username") or None,
+        password=data.get("password") or None,
+        tls=data.get("ssl", False),
     )
+    try:
+        return MqttSettings.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"mqtt: the Supervisor's MQTT service answer is invalid: {problems}") from exc
 
 
 class Service:
