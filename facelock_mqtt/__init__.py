@@ -3,8 +3,6 @@
 The public API; every other module is an implementation detail of one pipeline stage.
 """
 
-from .bundle import Bundle, Manifest, load_bundle
-from .default_bundle import default_bundle
 from .errors import (
     BundleError,
     ConfigError,
@@ -13,8 +11,10 @@ from .errors import (
     GalleryError,
     ImageError,
 )
-from .match import MatchResult
-from .pipeline import FaceEngine, FaceResult
+from .models.bundle import Bundle, Manifest, load_bundle
+from .models.default_bundle import default_bundle
+from .pipeline.engine import FaceEngine, FaceResult
+from .pipeline.match import MatchResult
 from .recognizer import Identification, Recognizer
 from .settings import Settings, load_settings
 

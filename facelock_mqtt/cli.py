@@ -14,15 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .audit import AUDIT_FILE, AuditLog
-from .bundle import load_bundle, with_calibration
 from .errors import FaceLockError
-from .evaluate import calibrate, eval_folder, eval_lfw
-from .imageio import read_image
+from .guards.audit import AUDIT_FILE, AuditLog
+from .models.bundle import load_bundle, with_calibration
+from .pipeline.imageio import read_image
 from .recognizer import Recognizer, resolve_bundle
 from .service_cli import add_commands as add_service_commands
 from .settings import Settings, load_settings
-from .storage import secure_dir
+from .storage.files import secure_dir
+from .tools.evaluate import calibrate, eval_folder, eval_lfw
 
 EXIT_USAGE = 2
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Any]] = {}
@@ -90,7 +90,7 @@ def _identify(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _engine(settings: Settings):
-    from .pipeline import FaceEngine
+    from .pipeline.engine import FaceEngine
 
     return FaceEngine(resolve_bundle(settings.model, settings.data_dir), settings.model, settings.quality)
 
@@ -118,7 +118,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> None:
     engine = _engine(settings)
     result = calibrate(engine, args.data, aligned=args.aligned, model_card=args.model_card)
     if args.write_default:
-        from .default_bundle import SFACE, SOURCE_SHA256
+        from .models.default_bundle import SFACE, SOURCE_SHA256
 
         payload = {"source_sha256": SOURCE_SHA256[SFACE], "calibration": result.model_dump(mode="json")}
         args.write_default.write_text(json.dumps(payload, indent=2) + "\n")

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .audit import AUDIT_FILE, AuditError, AuditRecord, list_records, verify
+from .guards.audit import AUDIT_FILE, AuditError, AuditRecord, list_records, verify
 from .settings import Settings, load_settings
 
 _SUMMARY_KEYS = ("score", "threshold", "target_far", "frames", "liveness", "latency_ms", "reason")

@@ -16,17 +16,17 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .audit import AuditLog
-from .decide import Attempt, Decision, observe
-from .gate import MotionGate, expand_region
-from .imageio import encode_jpeg
-from .liveness import LivenessModel
-from .lock import DoorLock
-from .lockout import Lockout
+from .guards.audit import AuditLog
+from .guards.liveness import LivenessModel
+from .guards.lockout import Lockout
+from .guards.streamcheck import StreamSanity
+from .homeassistant.lock import DoorLock
+from .pipeline.decide import Attempt, Decision, observe
+from .pipeline.gate import MotionGate, expand_region
+from .pipeline.imageio import encode_jpeg
+from .pipeline.source import Frame
 from .recognizer import Recognizer
 from .settings import CameraSettings, DecisionSettings, GateSettings
-from .source import Frame
-from .streamcheck import StreamSanity
 
 log = logging.getLogger(__name__)
 

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .audit import AuditLog
-from .bundle import Bundle, load_bundle
-from .default_bundle import default_bundle
 from .errors import EnrollmentError
-from .gallery import Gallery, Sample
-from .integrity import check_gallery, record_gallery
-from .match import Matcher, MatchResult
-from .pipeline import FaceEngine, FaceResult
-from .quality import face_size
+from .guards.audit import AuditLog
+from .guards.integrity import check_gallery, record_gallery
+from .models.bundle import Bundle, load_bundle
+from .models.default_bundle import default_bundle
+from .pipeline.engine import FaceEngine
+from .pipeline.match import Identification, Matcher
+from .pipeline.quality import face_size
 from .settings import MatchSettings, ModelSettings, QualitySettings
+from .storage.gallery import Gallery, Sample
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +25,6 @@ GALLERY_FILE = "gallery.db"
 
 def resolve_bundle(model: ModelSettings, data_dir: Path) -> Bundle:
     return load_bundle(model.bundle) if model.bundle else default_bundle(data_dir)
-
-
-@dataclass(frozen=True)
-class Identification:
-    result: FaceResult | None
-    match: MatchResult | None
-
-    @property
-    def reason(self) -> str:
-        if self.result is None:
-            return "no face"
-        if not self.result.quality.ok:
-            return "; ".join(self.result.quality.reasons)
-        if self.match is None or self.match.person is None:
-            return "nobody enrolled"
-        if not self.match.accepted:
-            return "below threshold or margin"
-        return "match"
 
 
 class Recognizer:

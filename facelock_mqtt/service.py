@@ -14,17 +14,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .audit import AUDIT_FILE, AuditLog
-from .broker import embedded_broker_for
 from .door import Door, Guards
 from .errors import ConfigError
-from .liveness import liveness_status, load_liveness
-from .lockout import Lockout
-from .publish import HomeAssistantBridge
+from .guards.audit import AUDIT_FILE, AuditLog
+from .guards.liveness import liveness_status, load_liveness
+from .guards.lockout import Lockout
+from .homeassistant.bridge import HomeAssistantBridge
+from .homeassistant.broker import embedded_broker_for
+from .pipeline.source import FrameSource, open_source
 from .recognizer import Recognizer
 from .settings import CameraSettings, MqttSettings, Settings
-from .source import FrameSource, open_source
-from .storage import secure_dir
+from .storage.files import secure_dir
 
 log = logging.getLogger(__name__)
 

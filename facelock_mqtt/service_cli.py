@@ -10,10 +10,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .bench import add_bench_command
 from .cli_audit import add_audit_commands, run_audit
 from .service import Service, replay_camera
 from .settings import Settings
+from .tools.bench import add_bench_command
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _liveness_download(args: argparse.Namespace, settings: Settings) -> int:
-    from .liveness import download_weights
+    from .guards.liveness import download_weights
 
     target = args.dest or settings.data_dir / "liveness-weights"
     for path in download_weights(target):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from facelock_mqtt.broker_packets import encode_length  # the framing is trivial; packets are written here
+from facelock_mqtt.homeassistant.broker_packets import encode_length  # the framing is trivial; packets are written here
 
 
 @dataclass(frozen=True)

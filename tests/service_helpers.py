@@ -3,17 +3,19 @@ and a separate MQTT subscriber that records what Home Assistant would see."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 import cv2
 import paho.mqtt.client as paho
+import pytest
 from mqtt_client import FakeRelay
 from paho.mqtt.enums import CallbackAPIVersion
 
 from facelock_mqtt.cli import recognizer
-from facelock_mqtt.imageio import read_image
+from facelock_mqtt.pipeline.imageio import read_image
 from facelock_mqtt.service import Service, replay_camera
 from facelock_mqtt.settings import Settings, load_settings
 
@@ -102,3 +104,14 @@ def replay(settings, clip: Path, relay: dict[str, FakeRelay]) -> list[dict]:
     time.sleep(1.5)  # let the relock timer run
     service.stop()
     return events
+
+
+def need_torch():
+    """Import the training network (needs torch): fail in CI, skip elsewhere without it."""
+    try:
+        from training import minifasnet
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"torch is required in CI: {exc}")
+        pytest.skip(f"torch not installed: {exc}")
+    return minifasnet

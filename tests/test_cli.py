@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from facelock_mqtt.bundle import Bundle
 from facelock_mqtt.cli import main
-from facelock_mqtt.default_bundle import default_bundle
+from facelock_mqtt.models.bundle import Bundle
+from facelock_mqtt.models.default_bundle import default_bundle
 from facelock_mqtt.settings import MatchSettings
 
 ALICE = ["person01/img1.jpg", "person01/img2.jpg"]

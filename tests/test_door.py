@@ -9,14 +9,14 @@ import pytest
 from mqtt_client import FakeRelay
 from service_helpers import nuaa_frames
 
-from facelock_mqtt.audit import AUDIT_FILE
 from facelock_mqtt.cli import recognizer
 from facelock_mqtt.door import Door, Guards
-from facelock_mqtt.imageio import read_image
-from facelock_mqtt.lockout import Lockout
-from facelock_mqtt.publish import HomeAssistantBridge
+from facelock_mqtt.guards.audit import AUDIT_FILE
+from facelock_mqtt.guards.lockout import Lockout
+from facelock_mqtt.homeassistant.bridge import HomeAssistantBridge
+from facelock_mqtt.pipeline.imageio import read_image
+from facelock_mqtt.pipeline.source import Frame
 from facelock_mqtt.settings import CameraSettings, load_settings
-from facelock_mqtt.source import Frame
 
 
 @pytest.fixture

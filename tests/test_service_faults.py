@@ -11,7 +11,7 @@ from mqtt_client import FakeRelay
 from paho.mqtt.enums import CallbackAPIVersion
 from service_helpers import Watcher, enroll, nuaa_frames, service_settings, write_clip
 
-from facelock_mqtt.imageio import encode_jpeg, read_image
+from facelock_mqtt.pipeline.imageio import encode_jpeg, read_image
 from facelock_mqtt.service import Service, replay_camera
 from facelock_mqtt.settings import CameraSettings
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_liveness import need_torch
+from service_helpers import need_torch
 from test_service_e2e import FakeRelay, Watcher, enroll, nuaa_frames, replay, write_clip
 
-from facelock_mqtt.imageio import read_image
+from facelock_mqtt.pipeline.imageio import read_image
 from facelock_mqtt.settings import load_settings
 
 PERSON = "s0001"

@@ -30,8 +30,8 @@ FACELOCK_DATA = Settings.model_fields["data_dir"].default
 
 def _engine(args: argparse.Namespace):
     """The serving pipeline's face engine on the default bundle (detection for ingest)."""
-    from facelock_mqtt.default_bundle import default_bundle
-    from facelock_mqtt.pipeline import FaceEngine
+    from facelock_mqtt.models.default_bundle import default_bundle
+    from facelock_mqtt.pipeline.engine import FaceEngine
     from facelock_mqtt.settings import ModelSettings
 
     from .ingest import SERVING_QUALITY
@@ -85,7 +85,7 @@ def cmd_train(cfg: RunConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_distill(cfg: RunConfig, args: argparse.Namespace) -> int:
-    from facelock_mqtt.default_bundle import default_bundle
+    from facelock_mqtt.models.default_bundle import default_bundle
 
     from .distill import distill, report
     from .distributed import setup, teardown
@@ -144,7 +144,7 @@ def cmd_calibrate(cfg: RunConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_export(cfg: RunConfig, args: argparse.Namespace) -> int:
-    from facelock_mqtt.default_bundle import default_bundle
+    from facelock_mqtt.models.default_bundle import default_bundle
 
     from .dataset import load_crops, load_manifest, select
     from .export import export_bundle

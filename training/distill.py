@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelock_mqtt.bundle import Bundle
-from facelock_mqtt.embed import Embedder
-from facelock_mqtt.evaluate import read_pairs
-from facelock_mqtt.imageio import read_image
-from facelock_mqtt.metrics import lfw_10fold
+from facelock_mqtt.models.bundle import Bundle
+from facelock_mqtt.models.metrics import lfw_10fold
+from facelock_mqtt.pipeline.embed import Embedder
+from facelock_mqtt.pipeline.imageio import read_image
+from facelock_mqtt.tools.evaluate import read_pairs
 
 from .config import RunConfig
 from .dataset import Record, load_crops, load_manifest, select

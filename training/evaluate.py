@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facelock_mqtt.metrics import supports, tar_at_far, threshold_at_far
+from facelock_mqtt.models.metrics import supports, tar_at_far, threshold_at_far
 
 from .config import EvaluateConfig, GateConfig
 from .dataset import DatasetManifest, Record, load_crops, select

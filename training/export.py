@@ -1,7 +1,7 @@
 """`export`: ONNX export, parity against PyTorch on real crops, and a bundle `facelock` serves.
 
 The bundle pairs the trained embedder with the default bundle's YuNet detector, in the core's
-manifest format (facelock_mqtt.bundle), with the calibration from `calibrate`. It is built in a
+manifest format (facelock_mqtt.models.bundle), with the calibration from `calibrate`. It is built in a
 `.partial` folder and moved into place only after the parity check passed, so a failed export
 never leaves a bundle behind. Galleries enrolled with another embedder must be re-enrolled: the
 manifest fingerprint changes with the embedder file.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelock_mqtt.bundle import (
+from facelock_mqtt.models.bundle import (
     Bundle,
     Calibration,
     EmbedderSpec,
@@ -29,7 +29,7 @@ from facelock_mqtt.bundle import (
     load_bundle,
     write_bundle,
 )
-from facelock_mqtt.embed import Embedder
+from facelock_mqtt.pipeline.embed import Embedder
 
 from .config import ExportConfig
 from .errors import ParityError

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from facelock_mqtt.bundle import Calibration, Threshold
-from facelock_mqtt.metrics import all_pairs_scores, supports, threshold_at_far
-from facelock_mqtt.modelprep import sha256_file
+from facelock_mqtt.models.bundle import Calibration, Threshold
+from facelock_mqtt.models.metrics import all_pairs_scores, supports, threshold_at_far
+from facelock_mqtt.models.modelprep import sha256_file
 
 from .config import GateConfig
 from .dataset import DatasetManifest, load_crops, select

@@ -3,7 +3,7 @@
 Detection and alignment run once per image through the serving pipeline's own FaceEngine, so
 training crops match what the door camera produces; a crop already in the output folder (same
 file SHA-256) is reused. Exact duplicates (file SHA-256) and near duplicates within one identity
-(dHash) are dropped. Quality is measured with the service's own code (facelock_mqtt.quality).
+(dHash) are dropped. Quality is measured with the service's own code (facelock_mqtt.pipeline.quality).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facelock_mqtt.align import ARCFACE_TEMPLATE
-from facelock_mqtt.detect import Face
 from facelock_mqtt.errors import ImageError
-from facelock_mqtt.evaluate import condition_of, image_files
-from facelock_mqtt.imageio import read_image
-from facelock_mqtt.pipeline import FaceEngine
-from facelock_mqtt.quality import Quality, assess
+from facelock_mqtt.pipeline.align import ARCFACE_TEMPLATE
+from facelock_mqtt.pipeline.detect import Face
+from facelock_mqtt.pipeline.engine import FaceEngine
+from facelock_mqtt.pipeline.imageio import read_image
+from facelock_mqtt.pipeline.quality import Quality, assess
 from facelock_mqtt.settings import QualitySettings
+from facelock_mqtt.tools.evaluate import condition_of, image_files
 
 from .config import IngestConfig, SourceConfig
 from .dataset import MANIFEST, DatasetManifest, Record, save_manifest

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from facelock_mqtt import liveness
-from facelock_mqtt.default_bundle import default_bundle
-from facelock_mqtt.imageio import read_image
-from facelock_mqtt.liveness_motion import pair_evidence, temporal_from_pairs
-from facelock_mqtt.pipeline import FaceEngine
-from facelock_mqtt.quality import frontal_rank
+from facelock_mqtt.guards import liveness
+from facelock_mqtt.guards.liveness_motion import pair_evidence, temporal_from_pairs
+from facelock_mqtt.models.default_bundle import default_bundle
+from facelock_mqtt.pipeline.engine import FaceEngine
+from facelock_mqtt.pipeline.imageio import read_image
+from facelock_mqtt.pipeline.quality import frontal_rank
 from facelock_mqtt.settings import ModelSettings, QualitySettings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ live). Input: (N, 3, 80, 80) float BGR in 0..255 (not divided by 255: the weight
 
 writes one ONNX file per model (opset 17, dynamic batch), checks each against PyTorch (softmax
 outputs on a batch of inputs) and writes the manifest with SHA-256 digests that
-`facelock_mqtt.liveness` verifies before serving.
+`facelock_mqtt.guards.liveness` verifies before serving.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facelock_mqtt import liveness
+from facelock_mqtt.guards import liveness
 
 log = logging.getLogger(__name__)
 

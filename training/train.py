@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from facelock_mqtt.metrics import all_pairs_scores, far_key, tar_at_far
+from facelock_mqtt.models.metrics import all_pairs_scores, far_key, tar_at_far
 
 from .config import RunConfig, TrainConfig
 from .dataset import Record, labels_of, load_crops, load_manifest, select

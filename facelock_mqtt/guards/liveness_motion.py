@@ -1,0 +1,106 @@
+"""The temporal liveness cue: does the face move in front of its surroundings, or with them?
+
+A held photo moves as one plane: the similarity map that carries its five landmarks from one
+frame to the next also carries the photo's margin, the hands and the printed background around
+the face. A live head moves in front of a background that stays put. For each pair of
+consecutive frames, the ring around the face (1.2 to 2 face boxes) in the later frame is
+compared, by normalised cross-correlation, with the earlier frame moved by the face's map and
+with the earlier frame left in place; the difference is the *surround lift*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from ..errors import ImageError
+from ..pipeline.align import similarity_transform
+
+# The ring is near enough to the face to lie on a held photo; a light blur absorbs landmark jitter.
+RING_INNER, RING_OUTER, RING_BLUR = 1.2, 2.0, 1.0
+MIN_RING_PIXELS = 500
+MIN_PAIRS = 2  # moving frame pairs the temporal cue needs before it may vote
+
+
+class FaceLike(Protocol):
+    box: np.ndarray  # [x, y, w, h]
+    landmarks: np.ndarray  # (5, 2)
+
+
+def landmark_motion(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
+    """How far five landmarks moved from `a` to `b` (RMS, in eye distances), and the similarity
+    map that carries them: for a held print, it carries the whole photo along with the face."""
+    eyes = (float(np.linalg.norm(a[1] - a[0])), float(np.linalg.norm(b[1] - b[0])))
+    if not min(eyes) >= 1.0:
+        raise ImageError("landmarks are degenerate (eyes less than a pixel apart)")
+    motion = np.sqrt(((b - a) ** 2).sum(axis=1).mean()) / np.mean(eyes)
+    # 4 degrees of freedom from 10 coordinates: steadier under landmark jitter than an affine fit.
+    return float(motion), similarity_transform(a, b).astype(np.float64)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-9))
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+
+
+def surround_lift(image0: np.ndarray, image1: np.ndarray, box1: np.ndarray, transform: np.ndarray) -> float | None:
+    """How much better the face's surroundings in frame 1 are explained by moving frame 0 with
+    the face (NCC after the landmarks' similarity map) than by leaving it still (NCC in place).
+
+    The margin, hands and printed background of a held photo move with the face: a positive lift.
+    A live head moves in front of a still background: a negative one. None when too little of
+    the ring around the face is visible in both frames.
+    """
+    height, width = image1.shape[:2]
+    x, y, w, h = (float(v) for v in box1)
+    cx, cy = x + w / 2, y + h / 2
+    left, top = int(max(cx - w * RING_OUTER / 2, 0)), int(max(cy - h * RING_OUTER / 2, 0))
+    right, bottom = int(min(cx + w * RING_OUTER / 2, width)), int(min(cy + h * RING_OUTER / 2, height))
+    if right - left < 8 or bottom - top < 8:
+        return None
+    size = (right - left, bottom - top)
+    # The face's map, expressed in the coordinates of the ring's bounding rectangle.
+    shifted = transform - np.array([[0, 0, left], [0, 0, top]], dtype=np.float64)
+    moved = cv2.warpAffine(_grey(image0), shifted, size, borderValue=-1.0)
+    still = _grey(image0[top:bottom, left:right])
+    now = _grey(image1[top:bottom, left:right])
+    mask = moved >= 0
+    inner_w, inner_h = w * RING_INNER, h * RING_INNER
+    ix0, iy0 = int(max(cx - inner_w / 2 - left, 0)), int(max(cy - inner_h / 2 - top, 0))
+    mask[iy0 : int(cy + inner_h / 2 - top), ix0 : int(cx + inner_w / 2 - left)] = False
+    if mask.sum() < MIN_RING_PIXELS:
+        return None
+    blur = [cv2.GaussianBlur(im, (0, 0), RING_BLUR)[mask] for im in (now, moved, still)]
+    return _ncc(blur[0], blur[1]) - _ncc(blur[0], blur[2])
+
+
+def pair_evidence(frame0: tuple[np.ndarray, FaceLike], frame1: tuple[np.ndarray, FaceLike]) -> tuple[float, float | None]:
+    """(landmark motion, surround lift) between two consecutive frames of an attempt."""
+    (image0, face0), (image1, face1) = frame0, frame1
+    a, b = (np.asarray(f.landmarks, dtype=np.float64).reshape(5, 2) for f in (face0, face1))
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ImageError("landmarks contain non-finite values")
+    motion, transform = landmark_motion(a, b)
+    if image0.shape != image1.shape:
+        return motion, None  # a resolution change mid-attempt: no evidence either way
+    return motion, surround_lift(image0, image1, np.asarray(face1.box), transform)
+
+
+def temporal_from_pairs(
+    pairs: Sequence[tuple[float, float | None]], min_motion: float, rigid_lift: float
+) -> float | None:
+    """Share of moving frame pairs whose surroundings did NOT move with the face (live-like).
+
+    None with fewer than MIN_PAIRS pairs that moved at least `min_motion` eye distances: a still
+    face is no evidence, and a single pair is too little to veto the CNN (measured: one pair of a
+    real NUAA live session read as a print, turning the person away).
+    """
+    evidence = [lift < rigid_lift for motion, lift in pairs if motion >= min_motion and lift is not None]
+    return float(np.mean(evidence)) if len(evidence) >= MIN_PAIRS else None

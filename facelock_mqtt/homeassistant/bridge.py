@@ -1,0 +1,274 @@
+"""Home Assistant over MQTT: discovery for every door's entities, and the bridge that publishes
+decisions, motion, sensors and snapshots and routes commands to the doors' locks.
+
+One config topic per entity, with conservative `device` and `origin` blocks (Home Assistant
+rejects a whole entity over one unknown key there), so old (2024.3) and new HA both work.
+Each door is one HA device: a lock (main entity, `"name": null`), a motion binary_sensor, an
+event entity, an image entity, sensors, a diagnostic liveness sensor and a lockout-clear button.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from ..settings import LockSettings, MqttSettings
+from .lock import DoorLock, LockState, Relay, lock_discovery
+from .mqtt import OFFLINE, ONLINE, MqttConnection
+from .topics import Topics
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("recognized", "denied", "spoof_suspected", "lockout")
+EVENT_FIELDS = ("person", "score", "threshold", "far_target", "frames_used", "latency_ms", "camera")
+PRESS = "PRESS"
+JPEG_MAGIC = b"\xff\xd8\xff"
+DEVICE_KEYS = ("identifiers", "name", "manufacturer", "model", "sw_version")
+ORIGIN_KEYS = ("name", "sw_version", "support_url")
+
+try:
+    SW_VERSION = version("facelock_mqtt")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    SW_VERSION = "0+unknown"
+
+
+@dataclass(frozen=True)
+class SensorSpec:
+    name: str
+    unit: str | None = None
+    device_class: str | None = None
+    numeric: bool = True
+    diagnostic: bool = False
+    icon: str | None = None
+
+
+SENSORS: dict[str, SensorSpec] = {
+    "last_person": SensorSpec("Last person", numeric=False, icon="mdi:account"),
+    "last_score": SensorSpec("Last score", icon="mdi:face-recognition"),
+    "fps": SensorSpec("Frames per second", unit="fps", icon="mdi:camera-timer"),
+    "gate_pass_rate": SensorSpec("Gate pass rate", unit="%", icon="mdi:motion-sensor"),
+    "decision_latency": SensorSpec("Decision latency", unit="ms", device_class="duration"),
+    "cpu": SensorSpec("CPU", unit="%", icon="mdi:cpu-64-bit"),
+    "liveness": SensorSpec("Liveness", numeric=False, diagnostic=True, icon="mdi:shield-account"),
+}
+
+
+def sensor_discovery(topics: Topics, door: str, key: str, unique_id: str) -> dict[str, Any]:
+    spec = SENSORS[key]
+    config: dict[str, Any] = {"name": spec.name, "unique_id": unique_id, "state_topic": topics.sensor(door, key)}
+    optional = {"unit_of_measurement": spec.unit, "device_class": spec.device_class, "icon": spec.icon}
+    config.update({k: v for k, v in optional.items() if v is not None})
+    if spec.numeric:
+        config["state_class"] = "measurement"
+    if spec.diagnostic:
+        config["entity_category"] = "diagnostic"
+    return config
+
+
+def door_entities(topics: Topics, door: str, node: str, pin_required: bool) -> dict[tuple[str, str], dict[str, Any]]:
+    """Entity configs of one door keyed by (component, object id), without the shared blocks."""
+    uid = partial("{}_{}_{}".format, node, door)
+    entities: dict[tuple[str, str], dict[str, Any]] = {
+        ("lock", "lock"): lock_discovery(topics, door, uid("lock"), pin_required),
+        ("binary_sensor", "motion"): {
+            "name": "Motion",
+            "unique_id": uid("motion"),
+            "state_topic": topics.motion(door),
+            "device_class": "motion",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+        },
+        ("event", "decision"): {
+            "name": "Decision",
+            "unique_id": uid("decision"),
+            "state_topic": topics.event(door),
+            "event_types": list(EVENT_TYPES),
+        },
+        ("image", "snapshot"): {
+            "name": "Snapshot",
+            "unique_id": uid("snapshot"),
+            "image_topic": topics.image(door),
+            "content_type": "image/jpeg",
+        },
+        ("button", "clear_lockout"): {
+            "name": "Clear lockout",
+            "unique_id": uid("clear_lockout"),
+            "command_topic": topics.lockout_clear(door),
+            "payload_press": PRESS,
+            "retain": False,
+            "qos": 1,
+            "icon": "mdi:lock-reset",
+        },
+    }
+    for key in SENSORS:
+        entities[("sensor", key)] = sensor_discovery(topics, door, key, uid(key))
+    return entities
+
+
+def discovery_messages(topics: Topics, door: str, node: str, pin_required: bool) -> dict[str, dict[str, Any]]:
+    """Every discovery topic of one door with its full JSON config."""
+    shared = {
+        "device": {
+            "identifiers": [f"{node}_{door}"],
+            "name": door.replace("_", " ").title(),
+            "manufacturer": "FaceLock",
+            "model": "Face recognition door lock",
+            "sw_version": SW_VERSION,
+        },
+        "origin": {"name": "FaceLock", "sw_version": SW_VERSION},
+        "availability_topic": topics.availability,
+        "payload_available": ONLINE,
+        "payload_not_available": OFFLINE,
+    }
+    return {
+        topics.discovery(component, f"{node}_{door}", obj): {**config, **shared}
+        for (component, obj), config in door_entities(topics, door, node, pin_required).items()
+    }
+
+
+class HomeAssistantBridge:
+    """Wires the doors' locks and the pipeline's results to Home Assistant over one MQTT connection."""
+
+    def __init__(
+        self,
+        mqtt_settings: MqttSettings,
+        doors: list[str],
+        lock_settings: LockSettings,
+        relay_factory: Callable[[str], Relay],
+    ) -> None:
+        self.topics = Topics(mqtt_settings.base_topic, mqtt_settings.discovery_prefix)
+        self.rejected: Counter[str] = Counter()
+        self._node = mqtt_settings.client_id
+        self._motion: dict[str, bool] = {door: False for door in doors}
+        self._sensors: dict[str, dict[str, str]] = {door: {} for door in doors}
+        self._snapshots: dict[str, bytes] = {}
+        self._clear_callbacks: dict[str, Callable[[], None]] = {}
+        self.mqtt = MqttConnection(mqtt_settings, self.topics, announce=self.announce)
+        self.locks = {
+            door: DoorLock(door, lock_settings, relay_factory(door), on_state=self._publish_lock_state)
+            for door in doors
+        }
+        for door in doors:
+            self.mqtt.subscribe(self.topics.lock_command(door), partial(self._on_lock_command, door))
+            self.mqtt.subscribe(self.topics.lockout_clear(door), partial(self._on_lockout_clear, door))
+
+    def start(self) -> None:
+        self.mqtt.start()
+
+    def stop(self) -> None:
+        """Lock every door, publish `offline`, disconnect."""
+        for lock in self.locks.values():
+            lock.close()
+        self.mqtt.stop()
+
+    def announce(self) -> None:
+        """(Re-)send every discovery config and every current state, retained."""
+        for door, lock in self.locks.items():
+            for topic, config in discovery_messages(self.topics, door, self._node, lock.pin_required).items():
+                self.mqtt.publish(topic, json.dumps(config), qos=1, retain=True)
+            for topic, payload in self._states(door).items():
+                self.mqtt.publish(topic, payload, qos=1, retain=True)
+
+    def publish_decision(
+        self, door: str, event: Mapping[str, Any], snapshot_jpeg: bytes | None = None
+    ) -> dict[str, Any]:
+        """Publish one decision (QoS 1, not retained) and its snapshot; returns the event sent.
+
+        `event` needs `event_type` (one of EVENT_TYPES) and should carry EVENT_FIELDS; an `id`,
+        the door and a timestamp are added. `last_person`/`last_score` sensors follow the event.
+        """
+        self._check_door(door)
+        if event.get("event_type") not in EVENT_TYPES:
+            raise ValueError(f"event_type must be one of {EVENT_TYPES}, not {event.get('event_type')!r}")
+        if snapshot_jpeg is not None and not snapshot_jpeg.startswith(JPEG_MAGIC):
+            raise ValueError("snapshot_jpeg is not a JPEG")
+        payload = {"id": uuid.uuid4().hex, "door": door, "timestamp": round(time.time(), 3), **event}
+        self.mqtt.publish(self.topics.event(door), json.dumps(payload, allow_nan=False), qos=1, retain=False)
+        last = {"last_person": event.get("person"), "last_score": event.get("score")}
+        self.publish_sensors(door, {key: value for key, value in last.items() if value is not None})
+        if snapshot_jpeg is not None:
+            self._snapshots[door] = snapshot_jpeg
+            self._publish_state(self.topics.image(door), snapshot_jpeg)
+        return payload
+
+    def publish_motion(self, door: str, on: bool) -> None:
+        self._check_door(door)
+        self._motion[door] = on
+        self._publish_state(self.topics.motion(door), "ON" if on else "OFF")
+
+    def publish_sensors(self, door: str, values: Mapping[str, Any]) -> None:
+        """Publish sensor values (keys of SENSORS; floats rounded to 4 decimals), retained."""
+        self._check_door(door)
+        for key, value in values.items():
+            if key not in SENSORS:
+                raise ValueError(f"unknown sensor {key!r}; known: {sorted(SENSORS)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"sensor {key!r}: {value} is not a finite number")
+            text = str(round(value, 4)) if isinstance(value, float) else str(value)
+            self._sensors[door][key] = text
+            self._publish_state(self.topics.sensor(door, key), text)
+
+    def on_snapshot(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Hand each fresh payload on `topic` (e.g. a Frigate snapshot) to `callback`.
+        Retained payloads are stale by definition and never reach the pipeline."""
+
+        def handle(message: paho.MQTTMessage) -> None:
+            if message.retain or not message.payload:
+                self.rejected["stale_snapshot" if message.retain else "empty_snapshot"] += 1
+                return
+            callback(message.payload)
+
+        self.mqtt.subscribe(topic, handle)
+
+    def on_lockout_clear(self, door: str, callback: Callable[[], None]) -> None:
+        self._check_door(door)
+        self._clear_callbacks[door] = callback
+
+    def _on_lock_command(self, door: str, message: paho.MQTTMessage) -> None:
+        self.locks[door].handle_command(message.payload, retained=message.retain)
+
+    def _on_lockout_clear(self, door: str, message: paho.MQTTMessage) -> None:
+        if message.retain or message.payload != PRESS.encode():
+            self.rejected["lockout_clear"] += 1
+            log.warning("door %s: ignored a lockout-clear message (%d bytes)", door, len(message.payload))
+            return
+        callback = self._clear_callbacks.get(door)
+        if callback is None:
+            log.warning("door %s: lockout clear pressed but nothing handles it", door)
+            return
+        log.info("door %s: lockout cleared from Home Assistant", door)
+        callback()
+
+    def _publish_lock_state(self, door: str, state: LockState) -> None:
+        self._publish_state(self.topics.lock_state(door), state.value)
+
+    def _states(self, door: str) -> dict[str, str | bytes]:
+        states: dict[str, str | bytes] = {
+            self.topics.lock_state(door): self.locks[door].state.value,
+            self.topics.motion(door): "ON" if self._motion[door] else "OFF",
+        }
+        states.update({self.topics.sensor(door, key): value for key, value in self._sensors[door].items()})
+        if door in self._snapshots:
+            states[self.topics.image(door)] = self._snapshots[door]
+        return states
+
+    def _publish_state(self, topic: str, payload: str | bytes) -> None:
+        """Retained states are skipped while the broker is away: announce() sends the latest on
+        reconnect, and a long outage must not fill the outbox that decision events need."""
+        if self.mqtt.connected.is_set():
+            self.mqtt.publish(topic, payload, qos=1, retain=True)
+
+    def _check_door(self, door: str) -> None:
+        if door not in self.locks:
+            raise ValueError(f"unknown door {door!r}; configured: {sorted(self.locks)}")

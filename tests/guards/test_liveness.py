@@ -1,0 +1,270 @@
+"""Liveness: the MiniFASNet network and its ONNX export, serving, the temporal cue, fail-secure
+loading, the weight download, and accuracy on real NUAA frames the operating point never saw."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from service_helpers import need_torch
+
+from facelock_mqtt.guards import liveness
+from facelock_mqtt.errors import BundleError, ImageError
+from facelock_mqtt.models.default_bundle import default_bundle
+from facelock_mqtt.pipeline.detect import Face
+from facelock_mqtt.pipeline.engine import FaceEngine
+from facelock_mqtt.pipeline.imageio import read_image
+from facelock_mqtt.pipeline.quality import frontal_rank
+from facelock_mqtt.settings import ModelSettings, QualitySettings
+
+
+@pytest.fixture(scope="module")
+def weights(shared_models: Path) -> Path:
+    return shared_models / "minifasnet"
+
+
+@pytest.fixture(scope="module")
+def exported(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("liveness")
+    need_torch().export_all(weights, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(exported: Path) -> liveness.LivenessModel:
+    return liveness.LivenessModel.from_dir(exported, threads=1)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> FaceEngine:
+    bundle = default_bundle(tmp_path_factory.mktemp("data"))
+    return FaceEngine(bundle, ModelSettings(threads=1), QualitySettings())
+
+
+def best_face(engine: FaceEngine, image: np.ndarray) -> Face:
+    faces = engine.faces(image)
+    assert faces, "the core detector found no face"
+    return max(faces, key=frontal_rank)
+
+
+def nuaa_rows(shared_data: Path, split: str) -> list[dict[str, str]]:
+    with open(shared_data / "nuaa" / "labels.csv", newline="") as fh:
+        return [row for row in csv.DictReader(fh) if row["nuaa_split"] == split]
+
+
+def spread(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
+    """`n` rows evenly spread over `rows` (covering every session and attack variant)."""
+    return [rows[i] for i in np.linspace(0, len(rows) - 1, n).astype(int)]
+
+
+# --- the network -------------------------------------------------------------------------------
+
+
+def test_state_dicts_load_strictly_into_their_own_variant_only(weights: Path) -> None:
+    minifasnet = need_torch()
+    import torch
+
+    for spec in liveness.MODELS:
+        net = minifasnet.load_weights(weights / spec.weights_file)
+        assert not net.training
+        assert net(torch.zeros(2, 3, 80, 80)).shape == (2, 3)
+    # The two variants differ (widths, SE blocks): strict loading must notice a swap.
+    state = torch.load(weights / liveness.MODELS[0].weights_file, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    with pytest.raises(RuntimeError):
+        minifasnet.MiniFASNet(minifasnet.V1SE).load_state_dict(state, strict=True)
+
+
+def test_onnx_matches_pytorch_on_real_face_crops(
+    weights: Path, exported: Path, engine: FaceEngine, shared_data: Path
+) -> None:
+    minifasnet = need_torch()
+    rows = nuaa_rows(shared_data, "test")
+    images = [read_image(shared_data / "nuaa" / r["path"]) for r in rows[::24]]
+    for spec in liveness.MODELS:
+        batch = np.stack([
+            liveness.crop_face(im, best_face(engine, im).box, spec.scale).transpose(2, 0, 1) for im in images
+        ]).astype(np.float32)
+        assert len(batch) >= 5  # several crops at once: the batch axis is dynamic
+        net = minifasnet.load_weights(weights / spec.weights_file)
+        assert minifasnet.parity(net, exported / spec.onnx_file, batch) < 1e-4
+
+
+# --- crops and fusion --------------------------------------------------------------------------
+
+
+def test_crop_keeps_the_enlarged_box_inside_the_frame() -> None:
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, :60] = 255
+    # A box at the left edge: the 100 px crop is shifted right to x 0..100 (white to 60), not
+    # clipped to x 0..75 (which would be white to 80 % of its width).
+    patch = liveness.crop_face(image, np.array([0, 25, 50, 50], np.float32), 2.0, size=10)
+    assert patch.shape == (10, 10, 3)
+    assert patch[:, :5].min() == 255 and patch[:, 7:].max() == 0
+    # A scale too large for the frame is capped to the frame height.
+    assert liveness.crop_face(image, np.array([80, 40, 20, 20], np.float32), 50.0).shape == (80, 80, 3)
+    for bad in ([10, 10, 0, 20], [np.nan, 0, 20, 20], [500, 500, 20, 20]):
+        with pytest.raises(ImageError):
+            liveness.crop_face(image, np.array(bad, np.float32), 2.7)
+
+
+def test_fusion_only_lowers_the_cnn_score_and_nan_is_never_live() -> None:
+    point = liveness.load_operating_point()
+    assert liveness.fuse(0.9, None, point) == 0.9
+    assert liveness.fuse(0.9, 1.0, point) == 0.9
+    assert liveness.fuse(0.9, 0.0, point) < 0.9
+    assert not liveness.decide(float("nan"), None, point).live
+    assert liveness.decide(1.0, None, point).live
+
+
+# --- accuracy on real frames -------------------------------------------------------------------
+
+
+def test_nuaa_test_split_live_frames_pass_and_prints_fail(
+    model: liveness.LivenessModel, engine: FaceEngine, shared_data: Path
+) -> None:
+    """Single frames of the held-out split (measured: 36/36 live, 107/108 prints right)."""
+    rows = nuaa_rows(shared_data, "test")
+    live = spread([r for r in rows if r["label"] == "live"], 20)
+    prints = spread([r for r in rows if r["label"] != "live"], 20)
+    assert len(live) == len(prints) == 20
+    correct = {}
+    for name, sample, expect in (("live", live, True), ("print", prints, False)):
+        results = []
+        for row in sample:
+            image = read_image(shared_data / "nuaa" / row["path"])
+            results.append(model.assess([(image, best_face(engine, image))]).live == expect)
+        correct[name] = sum(results)
+    assert correct["live"] >= 17 and correct["print"] >= 17, correct
+
+
+def test_pad_samples_smoke(model: liveness.LivenessModel, engine: FaceEngine, shared_data: Path) -> None:
+    folder = shared_data / "pad_samples"
+    for path in sorted(folder.rglob("*.jpg")):
+        image = read_image(path)  # the EXIF orientation turns the stored 90-degree rotation back
+        result = model.assess([(image, best_face(engine, image))])
+        assert result.live == (path.parent.name == "live"), (path.name, result)
+
+
+def live_session(shared_data: Path, engine: FaceEngine, n: int = 5) -> list[tuple[np.ndarray, Face]]:
+    """The first frames of a held-out live session in which the person moves a little."""
+    rows = [r for r in nuaa_rows(shared_data, "test") if r["label"] == "live" and r["identity"] == "s0006"]
+    rows.sort(key=lambda r: int(Path(r["path"]).stem.rsplit("_", 1)[1]))
+    images = [read_image(shared_data / "nuaa" / r["path"]) for r in rows[:n]]
+    return [(im, best_face(engine, im)) for im in images]
+
+
+def test_live_motion_passes_the_temporal_cue(model: liveness.LivenessModel, engine: FaceEngine, shared_data: Path) -> None:
+    result = model.assess(live_session(shared_data, engine))
+    assert result.temporal_score is not None and result.temporal_score >= 0.5, result
+    assert result.live, result
+
+
+def test_a_live_frame_moved_as_one_plane_is_refused(
+    model: liveness.LivenessModel, engine: FaceEngine, shared_data: Path
+) -> None:
+    """A real live frame, translated and rotated as a whole like a photo in a hand: the CNN still
+    calls it live, but the face's surroundings move with the face, and that vetoes it."""
+    image = live_session(shared_data, engine, n=1)[0][0]
+    frames = []
+    for step in range(5):
+        # About half an eye distance per frame: turned, scaled, slightly sheared and shifted.
+        turn = cv2.getRotationMatrix2D((320, 240), 3.0 * step, 1.0 + 0.03 * step)
+        turn[0, 1] += 0.03 * step
+        turn[:, 2] += (25 * step, 12 * step)
+        moved = cv2.warpAffine(image, turn, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REFLECT)
+        frames.append((moved, best_face(engine, moved)))
+    result = model.assess(frames)
+    assert result.cnn_score >= model.point.threshold  # the CNN alone would let it in
+    assert result.temporal_score == 0.0
+    assert not result.live
+    assert any("held print" in r for r in result.reasons)
+
+
+def test_unjudgeable_input_fails_secure(model: liveness.LivenessModel, engine: FaceEngine, shared_data: Path) -> None:
+    image, face = live_session(shared_data, engine, n=1)[0]
+    assert not model.assess([]).live
+    outside = Face(np.array([5000, 5000, 50, 50], np.float32), face.landmarks, face.score)
+    result = model.assess([(image, outside)])
+    assert not result.live and "cannot judge" in result.reasons[0]
+    collapsed = Face(face.box, np.zeros((5, 2), np.float32), face.score)
+    assert not model.assess([(image, face), (image, collapsed)]).live
+
+
+# --- installation, verification and the off state ----------------------------------------------
+
+
+def test_missing_models_turn_liveness_off_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="facelock_mqtt.guards.liveness"):
+        assert liveness.load_liveness(tmp_path) is None
+        assert liveness.load_liveness(None) is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("LIVENESS DETECTION IS OFF" in r.getMessage() for r in warnings)
+    assert liveness.liveness_status(None) == liveness.STATUS_OFF
+
+
+def test_installed_models_load_and_report_status(exported: Path) -> None:
+    loaded = liveness.load_liveness(exported, threads=1)
+    assert loaded is not None
+    assert liveness.liveness_status(loaded).startswith("on: MiniFASNetV2@2.7 + MiniFASNetV1SE@4")
+
+
+def test_tampered_or_foreign_models_are_refused(exported: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    shutil.copytree(exported, folder)
+    target = folder / liveness.MODELS[1].onnx_file
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="SHA-256"):
+        liveness.LivenessModel.from_dir(folder)
+    with pytest.raises(BundleError):  # an install that is present but broken stops the service
+        liveness.load_liveness(folder)
+    # Models exported from other weights than the calibrated ones are refused too.
+    shutil.rmtree(folder)
+    shutil.copytree(exported, folder)
+    manifest = (folder / liveness.MANIFEST).read_text()
+    (folder / liveness.MANIFEST).write_text(manifest.replace(liveness.MODELS[0].weights_sha256, "0" * 64))
+    with pytest.raises(BundleError, match="other weights"):
+        liveness.LivenessModel.from_dir(folder)
+
+
+@pytest.fixture
+def web_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP server on localhost serving a folder, standing in for GitHub."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_checks_sha256(weights: Path, web_root: tuple[Path, str], tmp_path: Path) -> None:
+    root, url = web_root
+    for spec in liveness.MODELS:
+        shutil.copy(weights / spec.weights_file, root / spec.weights_file)
+    dest = tmp_path / "weights"
+    paths = liveness.download_weights(dest, base_url=url, timeout=10)
+    assert [p.name for p in paths] == [s.weights_file for s in liveness.MODELS]
+    assert all(liveness.sha256_file(p) == s.weights_sha256 for p, s in zip(paths, liveness.MODELS))
+    # A server handing out other bytes: refused, and nothing left under the final name.
+    (root / liveness.MODELS[0].weights_file).write_bytes(b"not the weights")
+    fresh = tmp_path / "fresh"
+    with pytest.raises(BundleError, match="SHA-256"):
+        liveness.download_weights(fresh, base_url=url, timeout=10)
+    assert list(fresh.iterdir()) == []
+    with pytest.raises(BundleError, match="cannot download"):
+        liveness.download_weights(tmp_path / "none", base_url=url + "missing/", timeout=10)
