@@ -103,7 +103,7 @@ def test_the_image_install_step_builds_the_package_with_its_data_and_command(tmp
         names = archive.namelist()
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "facelock = facelock_mqtt.cli:main" in entry_points
-    for module in ("cli.py", "service.py", "default_calibration.json", "liveness_calibration.json"):
+    for module in ("cli.py", "service.py", "models/default_calibration.json", "models/liveness_calibration.json"):
         assert f"facelock_mqtt/{module}" in names
     assert not [n for n in names if n.startswith("training/")], "training code stays out of the image"
 
