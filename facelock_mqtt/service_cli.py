@@ -1,4 +1,4 @@
-"""CLI commands of the service layer: `run`, `replay`, `audit`, `liveness-download`."""
+"""CLI commands of the service layer: `run`, `replay`, `audit`, `liveness install|download`."""
 
 from __future__ import annotations
 
@@ -45,14 +45,29 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _liveness_download(args: argparse.Namespace, settings: Settings) -> int:
-    from .guards.liveness import download_weights
+def _liveness(args: argparse.Namespace, settings: Settings) -> int:
+    """`liveness install` converts the weights in a folder; `liveness download` fetches them first."""
+    from .guards.liveness_install import download_and_install, install
 
-    target = args.dest or settings.data_dir / "liveness-weights"
-    for path in download_weights(target):
-        print(path)
-    print(f"next: python -m training.minifasnet export --weights {target} --out {settings.data_dir / 'liveness'}")
+    out = args.out or settings.liveness.models or settings.data_dir / "liveness"
+    if args.liveness_command == "install":
+        manifest = install(args.weights, out)
+    else:
+        manifest = download_and_install(args.dest or settings.data_dir / "liveness-weights", out)
+    print(f"liveness models installed: {manifest}")
     return 0
+
+
+def _add_liveness_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("liveness", help="install the liveness (anti-spoofing) models")
+    verbs = p.add_subparsers(dest="liveness_command", required=True)
+    out_help = "folder the service loads them from (default: liveness.models, else <data_dir>/liveness)"
+    v = verbs.add_parser("install", help="convert the two MiniFASNet .pth files (SHA-256 checked) to ONNX")
+    v.add_argument("--weights", type=Path, required=True, help="folder holding the two .pth files")
+    v.add_argument("--out", type=Path, help=out_help)
+    v = verbs.add_parser("download", help="download the MiniFASNet weights (SHA-256 checked), then install them")
+    v.add_argument("--dest", type=Path, help="folder for the .pth files (default: <data_dir>/liveness-weights)")
+    v.add_argument("--out", type=Path, help=out_help)
 
 
 def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
@@ -62,10 +77,9 @@ def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
     p.add_argument("--door", required=True, help="door (camera) name the decisions are published for")
     p.add_argument("--fps", type=float, default=10.0, help="frame rate of an image sequence")
     add_audit_commands(sub)
-    p = sub.add_parser("liveness-download", help="download the liveness model weights (SHA-256 checked)")
-    p.add_argument("--dest", type=Path)
+    _add_liveness_commands(sub)
     command("run")(_run)
     command("replay")(_replay)
     command("audit")(run_audit)
-    command("liveness-download")(_liveness_download)
+    command("liveness")(_liveness)
     add_bench_command(sub, command)

@@ -1,11 +1,15 @@
-"""Shared fixtures: the real face data folder and real Mosquitto brokers."""
+"""Shared fixtures: the real face data folder, the liveness models, real Mosquitto brokers and a
+local web server."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +38,33 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def shared_models() -> Path:
     return _need(SHARED / "models", "shared models")
+
+
+@pytest.fixture(scope="session")
+def liveness_models(shared_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The liveness models as users get them: `liveness install` (no PyTorch) of the shared weights.
+
+    Session-wide and read-only by convention: a test that alters the models copies the folder first.
+    """
+    from facelock_mqtt.guards.liveness_install import install
+
+    out = tmp_path_factory.mktemp("liveness") / "models"
+    install(shared_models / "minifasnet", out)
+    return out
+
+
+@pytest.fixture
+def web_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP server on localhost serving a folder, standing in for GitHub."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
 
 
 def free_port() -> int:

@@ -1,7 +1,8 @@
 """Presentation attacks end to end: s0001 enrolled from live NUAA frames, then clips replayed
-through the whole service (real Mosquitto, real models, liveness exported from the shared
-MiniFASNet weights): a printed photo of s0001 never opens the door, s0001 in person does, and a
-frozen stream of a real enrolled frame is refused by stream sanity."""
+through the whole service (real Mosquitto, real models, liveness installed from the shared
+MiniFASNet weights by `liveness install`: conftest's `liveness_models`): a printed photo of s0001
+never opens the door, s0001 in person does, and a frozen stream of a real enrolled frame is
+refused by stream sanity."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from service_helpers import need_torch
 from test_service_e2e import FakeRelay, Watcher, enroll, nuaa_frames, replay, write_clip
 
 from facelock_mqtt.pipeline.imageio import read_image
@@ -22,13 +22,6 @@ from facelock_mqtt.settings import load_settings
 PERSON = "s0001"
 ATTACK_FPS = 1.0  # NUAA keeps about one capture every 2 s: 1 s apart lets several attempts fit the clip
 STATE = "facelock/front/lock/state"
-
-
-@pytest.fixture(scope="module")
-def liveness_models(shared_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("liveness")
-    need_torch().export_all(shared_models / "minifasnet", out)
-    return out
 
 
 def make_settings(tmp_path: Path, mosquitto, **overrides):

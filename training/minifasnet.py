@@ -10,7 +10,9 @@ live). Input: (N, 3, 80, 80) float BGR in 0..255 (not divided by 255: the weight
 
 writes one ONNX file per model (opset 17, dynamic batch), checks each against PyTorch (softmax
 outputs on a batch of inputs) and writes the manifest with SHA-256 digests that
-`facelock_mqtt.guards.liveness` verifies before serving.
+`facelock_mqtt.guards.liveness` verifies before serving. Users do not need this: `facelock
+liveness install` builds the same graph without PyTorch (`facelock_mqtt.models.minifasnet`);
+this export is the reference the converter's parity test compares against.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import argparse
 import logging
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,41 +28,11 @@ import torch
 from torch import nn
 
 from facelock_mqtt.guards import liveness
+# The width tables live with the runtime converter, which builds the same graph without PyTorch
+# (V2 and V1SE re-exported for the tests that build the PyTorch network).
+from facelock_mqtt.models.minifasnet import EMBEDDING, INPUT_SIZE, NUM_CLASSES, V1SE, V2, VARIANTS, Widths
 
 log = logging.getLogger(__name__)
-
-INPUT_SIZE = 80
-NUM_CLASSES = 3
-EMBEDDING = 128
-
-
-@dataclass(frozen=True)
-class Widths:
-    """Channel widths of one MiniFASNet variant, read off its state dict's weight shapes."""
-
-    stem: int  # conv1 and conv2_dw
-    down: tuple[tuple[int, int], ...]  # (expansion, output) of the three stride-2 blocks
-    stages: tuple[tuple[int, ...], ...]  # expansion width of each residual block, per stage
-    head: int  # conv_6_sep / conv_6_dw
-    se: bool  # squeeze-excitation on the last block of each stage
-
-
-V2 = Widths(
-    stem=32,
-    down=((103, 64), (231, 128), (308, 128)),
-    stages=((13, 13, 13, 13), (231, 52, 26, 77, 26, 26), (26, 26)),
-    head=512,
-    se=False,
-)
-V1SE = Widths(
-    stem=32,
-    down=((103, 64), (231, 128), (308, 128)),
-    stages=((13, 26, 13, 52), (154, 52, 26, 52, 26, 26), (26, 26)),
-    head=512,
-    se=True,
-)
-# File stem of each published weight file -> its widths (the crop scale is in liveness.MODELS).
-VARIANTS = {"2.7_80x80_MiniFASNetV2": V2, "4_0_0_80x80_MiniFASNetV1SE": V1SE}
 
 
 class ConvBlock(nn.Module):

@@ -13,7 +13,8 @@ written by `training/liveness_eval.py`), never with numbers typed into the code.
 Models are served by onnxruntime from a folder holding the ONNX exports and `liveness.json`
 (SHA-256 of each file, checked on load; a mismatch refuses the folder). Without that folder
 FaceLock runs with liveness OFF and says so loudly. Users get the weights with
-`download_weights()` and export them with `python -m training.minifasnet export`.
+`download_weights()` and convert them, without PyTorch, with `liveness_install.install()`
+(`facelock liveness download` does both).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def crop_face(image: np.ndarray, box: np.ndarray, scale: float, size: int = INPU
 
 
 def read_manifest(folder: Path) -> LivenessManifest:
-    return read_json_model(folder / MANIFEST, LivenessManifest, ": export the liveness models first")
+    return read_json_model(folder / MANIFEST, LivenessManifest, ": run `facelock liveness download`")
 
 
 def write_manifest(folder: Path, exported: Sequence[tuple[ModelSpec, str, str]]) -> Path:
@@ -165,7 +166,7 @@ def _verified_entry(folder: Path, manifest: LivenessManifest, spec: ModelSpec, p
     if point.weights_sha256.get(spec.name) != entry.weights_sha256 or entry.weights_sha256 != spec.weights_sha256:
         raise BundleError(f"{spec.name} in {folder} was exported from other weights than the calibrated ones")
     path = folder / entry.file
-    verify_digest(path, entry.sha256, "export the liveness models again")
+    verify_digest(path, entry.sha256, "install the liveness models again (`facelock liveness install`)")
     return path
 
 
@@ -289,7 +290,7 @@ def download_weights(dest: Path, base_url: str = WEIGHTS_URL, timeout: float = 6
     """Download both Silent-Face weight files into `dest`, each checked against its SHA-256.
 
     Files already present with the right digest are kept. A file whose digest differs is never
-    written under its final name. Export them next with `python -m training.minifasnet export`.
+    written under its final name. Convert them next with `liveness_install.install`.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

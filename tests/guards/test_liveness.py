@@ -1,15 +1,12 @@
-"""Liveness: the MiniFASNet network and its ONNX export, serving, the temporal cue, fail-secure
+"""Liveness: the PyTorch MiniFASNet network, serving the models `liveness install` wrote (their
+parity with the PyTorch export: tests/models/test_minifasnet.py), the temporal cue, fail-secure
 loading, the weight download, and accuracy on real NUAA frames the operating point never saw."""
 
 from __future__ import annotations
 
 import csv
-import functools
-import http.server
 import logging
 import shutil
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -33,10 +30,8 @@ def weights(shared_models: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("liveness")
-    need_torch().export_all(weights, out)
-    return out
+def exported(liveness_models: Path) -> Path:
+    return liveness_models  # installed by `facelock liveness install` (conftest), no PyTorch
 
 
 @pytest.fixture(scope="module")
@@ -82,21 +77,6 @@ def test_state_dicts_load_strictly_into_their_own_variant_only(weights: Path) ->
     state = {k.removeprefix("module."): v for k, v in state.items()}
     with pytest.raises(RuntimeError):
         minifasnet.MiniFASNet(minifasnet.V1SE).load_state_dict(state, strict=True)
-
-
-def test_onnx_matches_pytorch_on_real_face_crops(
-    weights: Path, exported: Path, engine: FaceEngine, shared_data: Path
-) -> None:
-    minifasnet = need_torch()
-    rows = nuaa_rows(shared_data, "test")
-    images = [read_image(shared_data / "nuaa" / r["path"]) for r in rows[::24]]
-    for spec in liveness.MODELS:
-        batch = np.stack([
-            liveness.crop_face(im, best_face(engine, im).box, spec.scale).transpose(2, 0, 1) for im in images
-        ]).astype(np.float32)
-        assert len(batch) >= 5  # several crops at once: the batch axis is dynamic
-        net = minifasnet.load_weights(weights / spec.weights_file)
-        assert minifasnet.parity(net, exported / spec.onnx_file, batch) < 1e-4
 
 
 # --- crops and fusion --------------------------------------------------------------------------
@@ -236,20 +216,6 @@ def test_tampered_or_foreign_models_are_refused(exported: Path, tmp_path: Path) 
     (folder / liveness.MANIFEST).write_text(manifest.replace(liveness.MODELS[0].weights_sha256, "0" * 64))
     with pytest.raises(BundleError, match="other weights"):
         liveness.LivenessModel.from_dir(folder)
-
-
-@pytest.fixture
-def web_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A real HTTP server on localhost serving a folder, standing in for GitHub."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
 
 
 def test_download_checks_sha256(weights: Path, web_root: tuple[Path, str], tmp_path: Path) -> None:
