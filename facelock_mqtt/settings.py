@@ -228,6 +228,21 @@ class LivenessSettings(Section):
     )
 
 
+class WebSettings(Section):
+    enabled: bool = Field(True, description="Serve the owner's panel (in the add-on: the FaceLock page in the sidebar).")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the panel listens on outside the add-on (inside, it listens for the ingress proxy only).",
+    )
+    port: int = Field(8099, ge=1, le=65535, description="Port of the panel outside the add-on (ingress uses 8099).")
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024, description="Largest photo upload the panel accepts, in bytes."
+    )
+    max_upload_pixels: int = Field(
+        40_000_000, ge=10_000, le=200_000_000, description="Largest photo the panel decodes, in pixels (width x height)."
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration of a FaceLock service."""
 
@@ -250,6 +265,7 @@ class Settings(BaseSettings):
     lockout: LockoutSettings = LockoutSettings()
     audit: AuditSettings = AuditSettings()
     liveness: LivenessSettings = LivenessSettings()
+    web: WebSettings = WebSettings()
 
     @model_validator(mode="after")
     def _unique_doors(self) -> Settings:

@@ -15,8 +15,14 @@ from .audit import AuditLog, list_records
 GALLERY_EVENT = "gallery_changed"
 
 
-def record_gallery(audit: AuditLog, gallery: Gallery, action: str, person: str | None = None) -> None:
-    audit.append(GALLERY_EVENT, person=person, details={"action": action, "digest": gallery.content_digest()})
+def record_gallery(
+    audit: AuditLog, gallery: Gallery, action: str, person: str | None = None, actor: str | None = None
+) -> None:
+    """`actor`: who made the change (the Home Assistant user behind the panel), when known."""
+    details = {"action": action, "digest": gallery.content_digest()}
+    if actor is not None:
+        details["actor"] = actor
+    audit.append(GALLERY_EVENT, person=person, details=details)
 
 
 def check_gallery(audit: AuditLog, gallery: Gallery) -> None:

@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS templates (
     vector BLOB NOT NULL,
     PRIMARY KEY (sample_id, fingerprint)
 );
+-- Templates an owner reported ("that was not me") wait here for review. Not part of the
+-- content digest: a flag cannot change who the door opens for, and old galleries keep their digest.
+CREATE TABLE IF NOT EXISTS reviews (
+    sample_id INTEGER PRIMARY KEY REFERENCES samples(id) ON DELETE CASCADE,
+    reason TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -183,3 +190,95 @@ class Gallery:
                 [(sid, fingerprint, vec.astype(np.float32).tobytes()) for (sid, _), vec in zip(missing, vectors)],
             )
         return len(missing)
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """One enrolled sample as the owner's panel lists it."""
+
+    id: int
+    person: str
+    source: str
+    created: float
+    models: tuple[str, ...]  # fingerprints of the bundles with a template for it
+    review: str | None  # why it was marked for review, None when not marked
+
+
+def _template_infos(db: sqlite3.Connection, where: str, args: tuple) -> list[TemplateInfo]:
+    rows = db.execute(
+        "SELECT s.id, p.name, s.source, s.created, r.reason, "
+        "(SELECT group_concat(t.fingerprint) FROM templates t WHERE t.sample_id = s.id) "
+        f"FROM samples s JOIN people p ON p.id = s.person_id LEFT JOIN reviews r ON r.sample_id = s.id {where} "
+        "ORDER BY s.id",
+        args,
+    ).fetchall()
+    return [
+        TemplateInfo(sid, name, source, created, tuple(sorted((models or "").split(",")) if models else ()), reason)
+        for sid, name, source, created, reason, models in rows
+    ]
+
+
+class GalleryEditor:
+    """Panel edits of a gallery: list templates and crops, remove one template, rename, review flags.
+
+    Kept apart from `Gallery` so its core (add/remove/templates/sync) stays small; each write is
+    one transaction, like every other gallery change.
+    """
+
+    def __init__(self, gallery: Gallery) -> None:
+        self.gallery = gallery
+
+    def template_infos(self, person: str | None = None) -> list[TemplateInfo]:
+        if person is None:
+            return _template_infos(self.gallery.db, "", ())
+        return _template_infos(self.gallery.db, "WHERE p.name = ?", (person,))
+
+    def template_info(self, sample_id: int) -> TemplateInfo | None:
+        found = _template_infos(self.gallery.db, "WHERE s.id = ?", (sample_id,))
+        return found[0] if found else None
+
+    def crop_png(self, sample_id: int) -> bytes | None:
+        row = self.gallery.db.execute("SELECT crop FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def remove_template(self, sample_id: int) -> str | None:
+        """Remove one sample and its templates; a person left without any goes too. Returns the person."""
+        with self.gallery._transaction() as db:
+            row = db.execute(
+                "SELECT p.id, p.name FROM samples s JOIN people p ON p.id = s.person_id WHERE s.id = ?", (sample_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM samples WHERE id = ?", (sample_id,))
+            db.execute("DELETE FROM people WHERE id = ? AND NOT EXISTS (SELECT 1 FROM samples WHERE person_id = ?)", (row[0], row[0]))
+            return row[1]
+
+    def rename(self, old: str, new: str) -> bool:
+        """Rename a person; False when there is no `old`; GalleryError when `new` is taken."""
+        with self.gallery._transaction() as db:
+            if db.execute("SELECT 1 FROM people WHERE name = ?", (new,)).fetchone():
+                raise GalleryError(f"{new!r} is already enrolled; remove or rename that person first")
+            return db.execute("UPDATE people SET name = ? WHERE name = ?", (new, old)).rowcount > 0
+
+    def mark_review(self, sample_ids: list[int], reason: str) -> int:
+        with self.gallery._transaction() as db:
+            now = time.time()
+            db.executemany(
+                "INSERT OR REPLACE INTO reviews (sample_id, reason, created) "
+                "SELECT id, ?, ? FROM samples WHERE id = ?",
+                [(reason, now, sid) for sid in sample_ids],
+            )
+        return len(sample_ids)
+
+    def clear_review(self, sample_id: int) -> bool:
+        with self.gallery._transaction() as db:
+            return db.execute("DELETE FROM reviews WHERE sample_id = ?", (sample_id,)).rowcount > 0
+
+    def template_vectors(self, person: str, fingerprint: str) -> list[tuple[int, np.ndarray]]:
+        """(sample id, template) of one person for one bundle."""
+        rows = self.gallery.db.execute(
+            "SELECT s.id, t.vector FROM templates t JOIN samples s ON s.id = t.sample_id "
+            "JOIN people p ON p.id = s.person_id WHERE p.name = ? AND t.fingerprint = ? ORDER BY s.id",
+            (person, fingerprint),
+        ).fetchall()
+        return [(sid, np.frombuffer(vector, np.float32)) for sid, vector in rows]
