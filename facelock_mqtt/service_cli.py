@@ -47,9 +47,13 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def _liveness(args: argparse.Namespace, settings: Settings) -> int:
     """`liveness install` converts the weights in a folder; `liveness download` fetches them first."""
+    from .guards.liveness import MANIFEST
     from .guards.liveness_install import download_and_install, install
 
     out = args.out or settings.liveness.models or settings.data_dir / "liveness"
+    if args.liveness_command == "download" and args.if_missing and (out / MANIFEST).is_file():
+        print(f"liveness models already installed: {out / MANIFEST}")
+        return 0
     if args.liveness_command == "install":
         manifest = install(args.weights, out)
     else:
@@ -68,6 +72,7 @@ def _add_liveness_commands(sub: argparse._SubParsersAction) -> None:
     v = verbs.add_parser("download", help="download the MiniFASNet weights (SHA-256 checked), then install them")
     v.add_argument("--dest", type=Path, help="folder for the .pth files (default: <data_dir>/liveness-weights)")
     v.add_argument("--out", type=Path, help=out_help)
+    v.add_argument("--if-missing", action="store_true", help="do nothing when the models are already installed")
 
 
 def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:

@@ -203,6 +203,10 @@ def test_reinstall_replaces_the_models_and_keeps_other_files(
     assert (out / "notes.txt").read_text() == "mine"
     assert {k: v for k, v in folder_digest(out).items() if k != "notes.txt"} == folder_digest(liveness_models)
     liveness.LivenessModel.from_dir(out)
+    # `download --if-missing` (scripts/run.sh at every start) leaves an installed folder alone, offline.
+    args = ["--data-dir", str(tmp_path / "data"), "liveness", "download", "--if-missing", "--out", str(out)]
+    assert facelock(args) == 0 and "already installed" in capsys.readouterr().out
+    assert not (tmp_path / "data" / "liveness-weights").exists()
 
 
 def test_download_then_install(weights: Path, web_root: tuple[Path, str], tmp_path: Path) -> None:
