@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .cli_audit import add_audit_commands, run_audit
+from .guards.liveness import WEIGHTS_URL
 from .service import Service, replay_camera
 from .settings import Settings
 from .tools.bench import add_bench_command
@@ -57,7 +58,7 @@ def _liveness(args: argparse.Namespace, settings: Settings) -> int:
     if args.liveness_command == "install":
         manifest = install(args.weights, out)
     else:
-        manifest = download_and_install(args.dest or settings.data_dir / "liveness-weights", out)
+        manifest = download_and_install(args.dest or settings.data_dir / "liveness-weights", out, args.base_url)
     print(f"liveness models installed: {manifest}")
     return 0
 
@@ -73,6 +74,7 @@ def _add_liveness_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--dest", type=Path, help="folder for the .pth files (default: <data_dir>/liveness-weights)")
     v.add_argument("--out", type=Path, help=out_help)
     v.add_argument("--if-missing", action="store_true", help="do nothing when the models are already installed")
+    v.add_argument("--base-url", default=WEIGHTS_URL, help="a mirror of the published files (SHA-256 still checked)")
 
 
 def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:

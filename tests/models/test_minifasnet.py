@@ -20,7 +20,7 @@ from service_helpers import need_torch
 from facelock_mqtt.cli import main as facelock
 from facelock_mqtt.errors import BundleError
 from facelock_mqtt.guards import liveness
-from facelock_mqtt.guards.liveness_install import convert, download_and_install, install
+from facelock_mqtt.guards.liveness_install import convert, install
 from facelock_mqtt.models import minifasnet
 from facelock_mqtt.models.checkpoint import load_state_dict
 from facelock_mqtt.models.default_bundle import default_bundle
@@ -209,18 +209,26 @@ def test_reinstall_replaces_the_models_and_keeps_other_files(
     assert not (tmp_path / "data" / "liveness-weights").exists()
 
 
-def test_download_then_install(weights: Path, web_root: tuple[Path, str], tmp_path: Path) -> None:
+def test_download_then_install(
+    weights: Path, web_root: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     root, url = web_root
     for spec in liveness.MODELS:
         shutil.copy(weights / spec.weights_file, root / spec.weights_file)
-    manifest = download_and_install(tmp_path / "weights", tmp_path / "liveness", base_url=url)
-    assert manifest == tmp_path / "liveness" / liveness.MANIFEST
+
+    def download(dest: str, out: str) -> int:
+        return facelock(["--data-dir", str(tmp_path / "data"), "liveness", "download", "--base-url", url,
+                         "--dest", str(tmp_path / dest), "--out", str(tmp_path / out)])  # fmt: skip
+
+    assert download("weights", "liveness") == 0
+    assert f"installed: {tmp_path / 'liveness' / liveness.MANIFEST}" in capsys.readouterr().out
     liveness.LivenessModel.from_dir(tmp_path / "liveness")
-    # A server handing out other bytes: refused before anything is installed.
+    # A server handing out other bytes: refused in one line before anything is installed.
     (root / V2_SPEC.weights_file).write_bytes(b"not the weights")
-    with pytest.raises(BundleError, match="SHA-256"):
-        download_and_install(tmp_path / "other", tmp_path / "other_liveness", base_url=url)
+    assert download("other", "other_liveness") == 2
+    # (the web server logs its requests to stderr too: only FaceLock's lines are checked)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("facelock")]
+    assert len(errors) == 1 and "SHA-256" in errors[0] and errors[0].startswith("facelock: error:"), errors
     assert not (tmp_path / "other_liveness").exists()
-    # And without a usable folder the installer says so before trying.
     with pytest.raises(BundleError, match="not a folder"):
         install(tmp_path / "nowhere", tmp_path / "x")
