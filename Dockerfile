@@ -1,4 +1,12 @@
 # FaceLock add-on image, built by the Supervisor with the repository root as context.
+#
+# scripts/image-check.sh builds this file without Docker and runs the add-on's start path in
+# the result (docs/IMAGE.md). It mirrors every step: FROM becomes a debootstrap of Debian
+# bookworm (minbase) with Debian's python3 (3.11) and pip in place of the official image's
+# /usr/local Python; ARG defaults, ENV, WORKDIR, COPY and RUN are read from this file and
+# carried out as written (RUN with /bin/sh -c in the WORKDIR, under the ENV); the CMD is the
+# command it starts. Keep to those instructions (no multi-stage COPY --from, no ADD), or teach
+# the script the new one.
 # Debian (glibc), not Alpine (musl): onnxruntime and OpenCV ship only glibc wheels. The official
 # Python image is multi-arch (amd64, arm64), so one fixed FROM serves both add-on arches.
 FROM python:3.11-slim-bookworm
@@ -23,11 +31,17 @@ ENV PYTHONUNBUFFERED=1 \
     FACELOCK_DATA_DIR=/data \
     FACELOCK_OPTIONS_FILE=/data/options.json
 
-# Only the runtime package: no test or training extras (no torch in the image).
+# Only the runtime package: no test or training extras (no torch in the image). Every
+# dependency, the build backend and pip itself come at the exact versions of
+# addon/constraints.txt (the ones the test suite passed with; wheels for amd64 and aarch64), so
+# two builds of one commit install the same files. pip is pinned first: only pip >= 25.3 knows
+# --build-constraint, which pins setuptools in pip's isolated build environment.
 WORKDIR /usr/src/facelock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md addon/constraints.txt ./
 COPY facelock_mqtt ./facelock_mqtt
-RUN pip install . && rm -rf /usr/src/facelock
+RUN pip install --constraint constraints.txt pip \
+ && pip install --constraint constraints.txt --build-constraint constraints.txt . \
+ && rm -rf /usr/src/facelock
 
 COPY addon/run.sh /usr/local/bin/facelock-addon
 WORKDIR /data

@@ -11,10 +11,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 from mqtt_client import Collector, wait_until
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from test_addon import CONFIG, ROOT, options_file
 
 
@@ -66,6 +69,27 @@ def test_dockerfile_environment_leaves_the_options_in_charge():
     assert sorted(k for k in env if k.startswith("FACELOCK_")) == ["FACELOCK_DATA_DIR", "FACELOCK_OPTIONS_FILE"]
     installs = [a for a in instructions("RUN") if "pip install" in a]
     assert len(installs) == 1 and "[" not in installs[0], "no test or training extras in the image"
+
+
+def test_the_image_installs_exact_pins_within_the_package_ranges():
+    """addon/constraints.txt pins every distribution exactly; the image's pip install (and its
+    build environment) uses it; pyproject.toml's ranges, for library users, admit every pin."""
+    pins = {}
+    for line in (ROOT / "addon" / "constraints.txt").read_text().splitlines():
+        if line := line.split("#")[0].strip():
+            name, _, version = line.partition("==")
+            assert re.fullmatch(r"[0-9][0-9A-Za-z.]*", version), f"not an exact pin: {line}"
+            pins[canonicalize_name(name)] = version
+    assert any("addon/constraints.txt" in sources for sources, _ in copies())
+    (install,) = [a for a in instructions("RUN") if "pip install" in a]
+    assert "--constraint constraints.txt pip " in install, "pip itself first: --build-constraint needs pip >= 25.3"
+    assert "--build-constraint constraints.txt ." in install
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for spec in pyproject["project"]["dependencies"] + pyproject["build-system"]["requires"]:
+        requirement = Requirement(spec)
+        pin = pins.get(canonicalize_name(requirement.name))
+        assert pin is not None, f"{requirement.name} is not pinned in addon/constraints.txt"
+        assert requirement.specifier.contains(pin), f"{requirement.name}=={pin} is outside {requirement.specifier}"
 
 
 def test_dockerfile_copies_existing_files_and_runs_an_executable_start_script():
