@@ -88,6 +88,10 @@ class Door:
         self.first_capture: float | None = None
         self.cooldown_until = float("-inf")
         self.motion = False
+        self.snapshots = None  # the panel's SnapshotStore (storage/snapshots.py), set by the service
+        self.viewers = 0  # live-view clients of the panel; with none, the frame is not kept
+        self.live: tuple | None = None  # (image, motion region, Identification | None) of the latest frame
+        self._seen: tuple = (None, None)
 
     def clock(self, frame: Frame) -> float:
         """Video position in replay (so windows mean the same as live), capture time live."""
@@ -96,8 +100,11 @@ class Door:
     def process(self, frame: Frame) -> None:
         """Everything one frame causes. Never raises: an error ends the attempt, door locked."""
         self.stats.frames += 1
+        self._seen = (None, None)
         try:
             self._process(frame)
+            if self.viewers:
+                self.live = (frame.image, *self._seen)
         except Exception as exc:
             self.stats.errors += 1
             if self.stats.errors == 1 or self.stats.errors % 100 == 0:  # a lasting fault must not flood the log
@@ -119,6 +126,7 @@ class Door:
             self.stats.stale += 1  # an old frame must never open the door
             return
         gated = self.gate.update(frame.image, now)
+        self._seen = (gated.region, None)
         self._set_motion(gated.motion)
         if self.attempt is not None and self.attempt.expired(now):
             self._conclude(self.attempt.close(now))
@@ -141,6 +149,7 @@ class Door:
         found = self.recognizer.identify(frame.image, region)
         if found.result is None and region is not None and self.attempt is not None:
             found = self.recognizer.identify(frame.image)  # the face may stand still outside the motion
+        self._seen = (gated.region, found)
         if found.result is None:
             return
         if self.attempt is None:
@@ -190,7 +199,7 @@ class Door:
             "liveness": None if liveness is None else round(liveness.score, 3),
         }
         # The audit record is written before the door moves: no unlock goes unrecorded.
-        self.guards.audit.append(outcome, camera=self.name, person=decision.person, details=self._details(decision, event))
+        record = self.guards.audit.append(outcome, camera=self.name, person=decision.person, details=self._details(decision, event))
         if outcome == "recognized":
             self.guards.lockout.record_success(self.name)
             if not self.lock.unlock_for(decision.person or "?"):
@@ -201,6 +210,8 @@ class Door:
                 self.guards.audit.append("lockout", camera=self.name, details=lockout.payload())
                 self.publisher.publish_decision(self.name, {"event_type": "lockout", "camera": self.name, **lockout.payload()})
         self.publisher.publish_decision(self.name, event, self._snapshot(frames, decision))
+        if self.snapshots is not None and frames:
+            self.snapshots.save(record.seq, *frames[-1])  # queued: never delays the door
         if self.on_event is not None:
             self.on_event(event)
 

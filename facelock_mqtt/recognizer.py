@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from .pipeline.engine import FaceEngine
 from .pipeline.match import Identification, Matcher
 from .pipeline.quality import face_size
 from .settings import MatchSettings, ModelSettings, QualitySettings
-from .storage.gallery import Gallery, Sample
+from .storage.gallery import Gallery, GalleryEditor, Sample
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ class Recognizer:
         self._matcher: Matcher | None = None
         self._version = self.gallery.data_version()
 
-    def _record(self, action: str, person: str | None = None) -> None:
+    def _record(self, action: str, person: str | None = None, actor: str | None = None) -> None:
         self._matcher = None
         if self.audit is not None:
-            record_gallery(self.audit, self.gallery, action, person)
+            record_gallery(self.audit, self.gallery, action, person, actor)
 
     @property
     def matcher(self) -> Matcher:
@@ -89,7 +90,7 @@ class Recognizer:
             raise EnrollmentError(f"{source}: poor quality: {reasons}")
         return Sample(result.crop, result.embedding, source)
 
-    def enroll(self, name: str, images: list[tuple[str, np.ndarray]]) -> int:
+    def enroll(self, name: str, images: list[tuple[str, np.ndarray]], actor: str | None = None) -> int:
         """Enroll every image or none: any refused image refuses the whole enrollment."""
         if not name.strip():
             raise EnrollmentError("a person needs a name")
@@ -102,13 +103,13 @@ class Recognizer:
         if problems:
             raise EnrollmentError("enrollment refused, nothing written: " + " | ".join(problems))
         added = self.gallery.add(name.strip(), samples, self.fingerprint)
-        self._record(f"enrolled {added} sample(s)", name.strip())
+        self._record(f"enrolled {added} sample(s)", name.strip(), actor)
         return added
 
-    def remove(self, name: str) -> bool:
+    def remove(self, name: str, actor: str | None = None) -> bool:
         removed = self.gallery.remove(name)
         if removed:
-            self._record("removed", name)
+            self._record("removed", name, actor)
         return removed
 
     def identify(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> Identification:
@@ -129,3 +130,72 @@ class Recognizer:
         self.gallery.close()
         if self.audit is not None:
             self.audit.close()
+
+    # --- the owner's panel (facelock_mqtt/web): per-photo verdicts and gallery edits ---
+
+    def other_person_match(self, embedding: np.ndarray, name: str) -> tuple[str, float] | None:
+        """The best-matching enrolled person other than `name` above the threshold, if any:
+        adding such a photo to `name` would merge two people into one."""
+        matcher = self.matcher
+        if not len(matcher.people):
+            return None
+        scores = matcher.templates @ embedding.astype(np.float32)
+        others = matcher.people != name
+        if not others.any():
+            return None
+        best = int(np.argmax(np.where(others, scores, -np.inf)))
+        if scores[best] > matcher.threshold.threshold:
+            return str(matcher.people[best]), float(scores[best])
+        return None
+
+    def photo_verdicts(self, name: str, images: list[tuple[str, np.ndarray]]) -> list[PhotoVerdict]:
+        """Each photo's verdict for enrolling `name`: its face crop, or why it would be refused."""
+        verdicts = []
+        for source, image in images:
+            try:
+                sample = self.enrollment_sample(image, source)
+            except EnrollmentError as exc:
+                verdicts.append(PhotoVerdict(source, str(exc).removeprefix(f"{source}: "), None))
+                continue
+            verdicts.append(PhotoVerdict(source, self._merge_reason(name.strip(), sample.embedding), sample.crop))
+        return verdicts
+
+    def _merge_reason(self, name: str, embedding: np.ndarray) -> str | None:
+        """Why adding this face to `name` would merge two people: it matches someone else, or
+        `name` is enrolled and it matches none of their templates."""
+        other = self.other_person_match(embedding, name)
+        if other is not None:
+            return f"matches another person ({other[0]}, score {other[1]:.3f})"
+        matcher = self.matcher
+        own = matcher.people == name
+        if own.any():
+            best = float(np.max(matcher.templates[own] @ embedding.astype(np.float32)))
+            if not best > matcher.threshold.threshold:
+                return f"does not match {name}'s enrolled photos (best score {best:.3f})"
+        return None
+
+    @property
+    def editor(self) -> GalleryEditor:
+        return GalleryEditor(self.gallery)
+
+    def remove_template(self, sample_id: int, actor: str | None = None) -> str | None:
+        """Remove one template (sample); returns its person, None when there was no such template."""
+        person = self.editor.remove_template(sample_id)
+        if person is not None:
+            self._record(f"removed template {sample_id}", person, actor)
+        return person
+
+    def rename(self, old: str, new: str, actor: str | None = None) -> bool:
+        new = new.strip()
+        if not new:
+            raise EnrollmentError("a person needs a name")
+        renamed = self.editor.rename(old, new)
+        if renamed:
+            self._record(f"renamed {old!r} to {new!r}", new, actor)
+        return renamed
+
+@dataclass(frozen=True)
+class PhotoVerdict:
+    source: str
+    refused: str | None  # why the photo would be refused; None: it would be enrolled
+    crop: np.ndarray | None  # the aligned face crop, when a face was found

@@ -25,6 +25,8 @@ from .pipeline.source import FrameSource, open_source
 from .recognizer import Recognizer
 from .settings import CameraSettings, MqttSettings, Settings
 from .storage.files import secure_dir
+from .storage.snapshots import SNAPSHOT_DIR, SnapshotStore
+from .web import MetricsHistory, PanelServer
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,9 @@ class Service:
         realtime: bool = True,
         on_event: Callable[[dict], None] | None = None,
         relay_factory: Callable[[str], object] = LoggingRelay,
+        panel: bool = False,
     ) -> None:
+        """`panel`: also serve the owner's panel (web) when `web.enabled`; `facelock run` does, replay does not."""
         self.settings = settings
         self.cameras = cameras if cameras is not None else list(settings.cameras)
         if not self.cameras:
@@ -136,6 +140,12 @@ class Service:
                 self.bridge.on_snapshot(camera.mqtt_topic, self.sources[camera.name].push)
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.metrics = MetricsHistory()  # the panel's 24 h charts
+        self.panel: PanelServer | None = None
+        self._panel_wanted = panel and settings.web.enabled
+        self.snapshots = SnapshotStore(data_dir / SNAPSHOT_DIR, settings.audit.retention_days) if self._panel_wanted else None
+        for door in self.doors.values():
+            door.snapshots = self.snapshots
 
     def _clear_lockout(self, door: str) -> Callable[[], None]:
         def clear() -> None:
@@ -146,6 +156,9 @@ class Service:
         return clear
 
     def start(self) -> None:
+        if self._panel_wanted:  # first: a panel that cannot listen stops the start before a door runs
+            self.panel = PanelServer.for_service(self)
+            self.panel.start()
         self.bridge.start()
         self.start_cameras()
 
@@ -183,6 +196,7 @@ class Service:
         }
         if stats.last_latency_ms is not None:
             values["decision_latency"] = stats.last_latency_ms
+        self.metrics.add(door.name, values)
         try:
             self.bridge.publish_sensors(door.name, values)
         except ValueError as exc:
@@ -201,6 +215,10 @@ class Service:
             source.stop()
         self.wait(timeout=10)
         self.bridge.stop()
+        if self.panel is not None:
+            self.panel.stop()
+        if self.snapshots is not None:
+            self.snapshots.close()
         self.recognizer.close()  # closes the audit trail too
         if self.broker is not None:
             self.broker.stop()

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    service = Service(settings)
+    service = Service(settings, panel=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -30,7 +30,7 @@ from .topics import Topics
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ("recognized", "denied", "spoof_suspected", "lockout")
+EVENT_TYPES = ("recognized", "denied", "spoof_suspected", "lockout", "reported_not_me")
 EVENT_FIELDS = ("person", "score", "threshold", "far_target", "frames_used", "latency_ms", "camera")
 PRESS = "PRESS"
 JPEG_MAGIC = b"\xff\xd8\xff"
