@@ -1,9 +1,8 @@
-"""Test helpers: a real paho subscriber that records what it receives, raw MQTT packets, and the
-one test double the project allows: a fake door relay."""
+"""Test helpers: a real paho subscriber that records what it receives, and the one test double
+the project allows: a fake door relay."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import threading
 import time
@@ -13,8 +12,6 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-
-from facelock_mqtt.homeassistant.broker_packets import encode_length  # the framing is trivial; packets are written here
 
 
 @dataclass(frozen=True)
@@ -104,43 +101,6 @@ class Collector:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-# --- raw MQTT 3.1.1 packets, to talk to a broker the way a broken client would -----------------
-
-
-def _field(data: bytes) -> bytes:
-    return len(data).to_bytes(2, "big") + data
-
-
-def raw_connect(client_id: str, keepalive: int = 60, will: tuple[str, bytes] | None = None, level: int = 4) -> bytes:
-    name = b"MQTT" if level == 4 else b"MQIsdp"
-    flags = 0x02 | (0x04 | 0x08 if will else 0)  # clean session; will at QoS 1
-    body = _field(name) + bytes([level, flags]) + keepalive.to_bytes(2, "big") + _field(client_id.encode())
-    if will:
-        body += _field(will[0].encode()) + _field(will[1])
-    return bytes([0x10]) + encode_length(len(body)) + body
-
-
-def raw_publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1) -> bytes:
-    body = _field(topic.encode()) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
-    return bytes([0x30 | qos << 1]) + encode_length(len(body)) + body
-
-
-def raw_socket(host: str, port: int, *packets: bytes) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=10)
-    for packet in packets:
-        sock.sendall(packet)
-    return sock
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Everything the broker sends until it closes the connection (fails if it never does)."""
-    sock.settimeout(timeout)
-    data = b""
-    while chunk := sock.recv(4096):
-        data += chunk
-    return data
 
 
 # --- the door's hardware, and Home Assistant's rendering of a lock command ----------------------------

@@ -17,8 +17,6 @@ import json
 import os
 import re
 import resource
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +29,7 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..homeassistant.broker import EmbeddedBroker
+from ..homeassistant.broker import free_port, new_broker
 from ..pipeline.imageio import encode_jpeg
 from ..service import Service
 from ..settings import Settings, load_settings
@@ -43,49 +41,19 @@ TRIAL_TIMEOUT_S = 5.0
 UNLOCK_STATES = frozenset({b"UNLOCKING", b"UNLOCKED"})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class BenchBroker:
-    """Mosquitto on a free port when it is installed, otherwise FaceLock's embedded broker."""
+    """FaceLock's embedded broker on a free port: Mosquitto when it is installed, otherwise amqtt."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.host, self.port = "127.0.0.1", free_port()
-        self.binary = shutil.which("mosquitto") or (
-            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-        )
-        self.kind = "mosquitto" if self.binary else "embedded"
-        self._process: subprocess.Popen | None = None
-        self._embedded: EmbeddedBroker | None = None
+    def __init__(self, workdir: Path) -> None:  # `workdir` unused: the broker keeps a private folder
+        self._broker = new_broker(free_port())
+        self.host, self.port, self.kind = self._broker.host, self._broker.port, self._broker.kind
 
     def __enter__(self) -> Self:
-        if self.binary is None:
-            self._embedded = EmbeddedBroker(self.host, self.port)
-            self._embedded.start()
-            return self
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n")
-        self._process = subprocess.Popen([self.binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.__exit__()
-        raise BenchError(f"mosquitto did not start on port {self.port}")
+        self._broker.start()
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-        if self._embedded is not None:
-            self._embedded.stop()
+        self._broker.stop()
 
 
 class Subscriber:
