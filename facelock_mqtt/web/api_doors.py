@@ -70,4 +70,4 @@ async def command(request: web.Request) -> web.Response:
 
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/doors", list_doors)
-    router.add_post("/api/doors/{door}/{action}", command)
+    router.add_post("/api/doors/{door}/{action:lock|unlock|open}", command)

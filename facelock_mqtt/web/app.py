@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api_doors, api_events, api_health, api_people, live
+from . import api_capture, api_doors, api_events, api_health, api_people, live
 from .auth import CSRF_HEADER, IngressAccess, TokenAccess, check_csrf
 from .common import ACCESS, CONTEXT, CSRF, JSON_LIMIT, VISITOR, error, visitor
 from .context import PanelContext
@@ -65,6 +65,6 @@ def create_app(ctx: PanelContext, access: IngressAccess | TokenAccess) -> web.Ap
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
     app.router.add_get("/api/session", session)
-    for module in (api_people, api_events, api_doors, api_health, live):
+    for module in (api_people, api_events, api_capture, api_doors, api_health, live):
         module.add_routes(app.router)
     return app

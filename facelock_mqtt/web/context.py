@@ -45,7 +45,8 @@ class PanelContext:
     metrics: MetricsHistory
     # Publishes an event on a door's Home Assistant event entity (the bridge's publish_decision).
     notify: Callable[[str, dict], object] | None = None
-    captures: dict[str, list[tuple[np.ndarray, Any]]] = field(default_factory=dict)
+    # Frames of "look at the camera" awaiting the owner's confirmation: key -> (time, person, images).
+    captures: dict[str, tuple[float, str, list[tuple[str, np.ndarray]]]] = field(default_factory=dict)
     # One thread for gallery work: changes are serialised and the event loop never blocks on a model.
     worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="facelock-panel"))
 

@@ -23,16 +23,20 @@ START_TIMEOUT_S = 15.0
 class PanelServer:
     """`start()` serves the panel until `stop()`; inside the add-on behind ingress, else with a token."""
 
-    def __init__(self, ctx: PanelContext, ingress: bool | None = None, allowed_peer: str = INGRESS_PROXY) -> None:
+    def __init__(
+        self, ctx: PanelContext, ingress: bool | None = None, allowed_peer: str = INGRESS_PROXY, port: int | None = None
+    ) -> None:
+        """`ingress` defaults to "inside the add-on" (SUPERVISOR_TOKEN set); `allowed_peer` and
+        `port` are for tests only (the ingress proxy's address and port are not user settings)."""
         self.ctx = ctx
         self.ingress = bool(os.environ.get("SUPERVISOR_TOKEN")) if ingress is None else ingress
         web_settings = ctx.settings.web
         if self.ingress:
             self.access: IngressAccess | TokenAccess = IngressAccess(allowed_peer)
-            self.host, self.port = "0.0.0.0", INGRESS_PORT
+            self.host, self.port = "0.0.0.0", port or INGRESS_PORT
         else:
             self.access = TokenAccess(load_token(ctx.settings.data_dir))
-            self.host, self.port = web_settings.host, web_settings.port
+            self.host, self.port = web_settings.host, port or web_settings.port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -80,18 +84,22 @@ class PanelServer:
 
     @classmethod
     def for_service(cls, service: object) -> PanelServer:
-        """The panel of a running `facelock_mqtt.service.Service`, handed its live objects."""
-        guards = service.guards
-        ctx = PanelContext(
-            settings=service.settings,
-            recognizer=service.recognizer,
-            audit=guards.audit,
-            locks=service.bridge.locks,
-            doors=service.doors,
-            lockout=guards.lockout,
-            liveness=guards.liveness,
-            snapshots=service.snapshots,
-            metrics=service.metrics,
-            notify=service.bridge.publish_decision,
-        )
-        return cls(ctx)
+        """The panel of a running `facelock_mqtt.service.Service`."""
+        return cls(panel_context(service))
+
+
+def panel_context(service: object) -> PanelContext:
+    """The panel's handles on a `facelock_mqtt.service.Service`'s live objects."""
+    guards = service.guards
+    return PanelContext(
+        settings=service.settings,
+        recognizer=service.recognizer,
+        audit=guards.audit,
+        locks=service.bridge.locks,
+        doors=service.doors,
+        lockout=guards.lockout,
+        liveness=guards.liveness,
+        snapshots=service.snapshots,
+        metrics=service.metrics,
+        notify=service.bridge.publish_decision,
+    )

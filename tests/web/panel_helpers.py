@@ -4,6 +4,7 @@ audit trail, lockout, door lock with the FakeRelay) and aiohttp's test client be
 from __future__ import annotations
 
 import re
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
+import paho.mqtt.client as paho
 from mqtt_client import FakeRelay
 from service_helpers import nuaa_frames
 
@@ -18,7 +20,7 @@ from facelock_mqtt.guards.audit import AUDIT_FILE, AuditLog
 from facelock_mqtt.guards.lockout import Lockout
 from facelock_mqtt.homeassistant.lock import DoorLock
 from facelock_mqtt.recognizer import Recognizer
-from facelock_mqtt.settings import Settings, load_settings
+from facelock_mqtt.settings import CameraSettings, Settings, load_settings
 from facelock_mqtt.storage.snapshots import SNAPSHOT_DIR, SnapshotStore
 from facelock_mqtt.web import MetricsHistory, PanelContext
 from facelock_mqtt.web.app import create_app
@@ -126,3 +128,26 @@ def jpeg(path: Path, scale: float = 1.0) -> bytes:
 def nuaa_photos(shared_data: Path, identity: str, session: str, count: int = 3) -> list[tuple[str, bytes]]:
     frames = nuaa_frames(shared_data, identity, session)[:count]
     return [(p.name, jpeg(p)) for p in frames]
+
+
+TOPIC = "test/front/snapshot"
+
+
+def camera() -> CameraSettings:
+    trusted = {"trusted": True} if "trusted" in CameraSettings.model_fields else {}  # the topic is this test's own
+    return CameraSettings(name="front", mqtt_topic=TOPIC, fps=10.0, **trusted)
+
+
+def play(client: paho.Client, frames: list[bytes]) -> None:
+    for data in frames:
+        client.publish(TOPIC, data, qos=0)
+        time.sleep(0.1)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False

@@ -14,35 +14,12 @@ import paho.mqtt.client as paho
 from conftest import free_port
 from mqtt_client import FakeRelay
 from paho.mqtt.enums import CallbackAPIVersion
-from panel_helpers import no_liveness
+from panel_helpers import camera, no_liveness, play, wait_for
 from service_helpers import nuaa_frames
 
 from facelock_mqtt.service import Service
-from facelock_mqtt.settings import CameraSettings, load_settings
+from facelock_mqtt.settings import load_settings
 from facelock_mqtt.web.auth import load_token
-
-TOPIC = "test/front/snapshot"
-
-
-def camera() -> CameraSettings:
-    trusted = {"trusted": True} if "trusted" in CameraSettings.model_fields else {}  # the topic is this test's own
-    return CameraSettings(name="front", mqtt_topic=TOPIC, fps=10.0, **trusted)
-
-
-def play(client: paho.Client, frames: list[bytes]) -> None:
-    for data in frames:
-        client.publish(TOPIC, data, qos=0)
-        time.sleep(0.1)
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
 
 async def watch_then_enroll(url: str, token: str, show, photos: list[tuple[str, bytes]]) -> tuple[bytes, int, dict]:
     """Open the live view, let the camera show frames, read the first whole JPEG; then enroll."""
@@ -112,7 +89,7 @@ def test_enrolled_through_the_panel_the_next_clip_unlocks_without_restart(tmp_pa
         time.sleep(settings.decision.window_s + settings.decision.cooldown_s)  # past any attempt of the shown frames
         events.clear()
         play(publisher, after)
-        assert wait_for(lambda: any(e["event_type"] == "recognized" for e in events), 15), events
+        assert wait_for(lambda: any(e["event_type"] == "recognized" for e in events), 30), events
         assert [e["person"] for e in events if e["event_type"] == "recognized"] == ["s0001"]
         assert "unlock" in relays["front"].calls
         service.snapshots.flush()
