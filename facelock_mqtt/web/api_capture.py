@@ -3,7 +3,8 @@ for the next frames with exactly one face that passes quality, spaced apart, che
 liveness (when installed) and the per-photo verdicts, and holds them for the owner to confirm.
 
 While it waits the person stands at the door, so their attempts are decided as usual: an
-unknown face is denied (and counts towards the lockout), which is what the door must do.
+unknown face is denied (and counts towards the lockout), which is what the door must do; frames
+the door skips (its cooldown, a lockout) are analysed here, so the capture still completes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aiohttp import web
 from ..errors import EnrollmentError, GalleryError
 from .api_people import person_name, verdict_json
 from .common import context, error, read_json, visitor
+from .context import PanelContext
 
 FRAMES = 3
 SPACING_S = 0.4  # frames this far apart differ in pose a little: better templates
@@ -25,14 +27,13 @@ KEEP_S = 300.0  # an unconfirmed capture is dropped after this
 MAX_HELD = 4
 
 
-def usable(live: tuple | None) -> bool:
-    found = live[2] if live is not None else None
-    result = getattr(found, "result", None)
+def usable(result) -> bool:
     return result is not None and result.quality.ok and result.embedding is not None and result.n_faces == 1
 
 
-async def collect(door, count: int, timeout: float) -> list[tuple]:
-    """The next `count` usable (image, face) pairs the door sees, or fewer at the timeout."""
+async def collect(ctx: PanelContext, door, count: int, timeout: float) -> list[tuple]:
+    """The next `count` usable (image, face) pairs the door's camera shows, or fewer at the
+    timeout. A frame the door did not analyse (between attempts, in its cooldown) is analysed here."""
     frames: list[tuple] = []
     last, last_taken = None, float("-inf")
     deadline = time.monotonic() + timeout
@@ -40,10 +41,12 @@ async def collect(door, count: int, timeout: float) -> list[tuple]:
     try:
         while len(frames) < count and time.monotonic() < deadline:
             live = door.live
-            if live is not last and usable(live) and time.monotonic() - last_taken >= SPACING_S:
-                frames.append((live[0], live[2].result.face))
-                last_taken = time.monotonic()
-            last = live
+            if live is not None and live is not last and time.monotonic() - last_taken >= SPACING_S:
+                last = live
+                result = getattr(live[2], "result", None) or await ctx.run(ctx.recognizer.engine.analyze, live[0])
+                if usable(result):
+                    frames.append((live[0], result.face))
+                    last_taken = time.monotonic()
             await asyncio.sleep(0.05)
     finally:
         door.viewers -= 1
@@ -56,7 +59,7 @@ async def capture(request: web.Request) -> web.Response:
     if door is None:
         return error(404, "no such door")
     person = person_name(str((await read_json(request)).get("person", "")))
-    frames = await collect(door, FRAMES, TIMEOUT_S)
+    frames = await collect(ctx, door, FRAMES, TIMEOUT_S)
     if len(frames) < FRAMES:
         return error(408, f"no usable face at the camera within {TIMEOUT_S:.0f} s (one person, facing it, in good light)")
     liveness = "not installed"

@@ -98,3 +98,41 @@ def test_enrolled_through_the_panel_the_next_clip_unlocks_without_restart(tmp_pa
     finally:
         publisher.loop_stop()
         service.stop()
+
+
+async def look_at_the_camera(url: str, token: str, show) -> tuple[int, dict, int, dict]:
+    """Ask for a capture, let the camera show the person meanwhile, then confirm it."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        camera = asyncio.get_running_loop().run_in_executor(None, show)
+        async with session.post(url + "api/doors/front/capture", json={"person": "s0001"}) as response:
+            status, body = response.status, await response.json()
+        await camera
+        if status != 200:
+            return status, body, 0, {}
+        async with session.post(url + f"api/people/s0001/capture/{body['capture']}") as response:
+            return status, body, response.status, await response.json()
+
+
+def test_enroll_from_the_door_camera(tmp_path, mosquitto, shared_data):
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        mqtt={"host": mosquitto.host, "port": mosquitto.port, "client_id": "facelock_capture"},
+        liveness=no_liveness(tmp_path),
+        web={"port": free_port()},
+    )
+    frames = [p.read_bytes() for p in nuaa_frames(shared_data, "s0001", "01")]
+    service = Service(settings, cameras=[camera()], relay_factory=lambda door: FakeRelay(), panel=True)
+    publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id="panel-capture-camera")
+    try:
+        service.start()
+        publisher.connect(mosquitto.host, mosquitto.port)
+        publisher.loop_start()
+        url, token = f"http://127.0.0.1:{settings.web.port}/", load_token(settings.data_dir)
+        show = lambda: [play(publisher, [frame]) or time.sleep(0.15) for frame in frames]  # noqa: E731
+        status, body, confirmed, added = asyncio.run(look_at_the_camera(url, token, show))
+    finally:
+        publisher.loop_stop()
+        service.stop()
+    assert status == 200, body
+    assert len(body["verdicts"]) == 3 and all(v["ok"] and v["crop"] for v in body["verdicts"])
+    assert confirmed == 200 and added["added"] == 3
