@@ -7,6 +7,7 @@ end with a one-line error and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -25,6 +26,7 @@ from .storage.files import secure_dir
 from .tools.evaluate import calibrate, eval_folder, eval_lfw
 
 EXIT_USAGE = 2
+JSON_HELP = "print the result as JSON"
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Any]] = {}
 
 
@@ -51,7 +53,7 @@ def recognizer(settings: Settings, accept_gallery: bool = False) -> Recognizer:
 @command("enroll")
 def _enroll(args: argparse.Namespace, settings: Settings) -> None:
     images = [(str(path), read_image(path)) for path in args.images]
-    added = recognizer(settings).enroll(args.name, images)
+    added = recognizer(settings).enroll(args.name, images, force=args.force)
     emit(args, {"person": args.name, "added": added}, f"enrolled {args.name}: {added} image(s)")
 
 
@@ -141,42 +143,48 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--bundle", type=Path, help="model bundle or insightface pack folder (default: YuNet + SFace)")
     top.add_argument("--threads", type=int, help="CPU threads per model")
     top.add_argument("--target-far", type=float, help="false-accept rate the threshold is calibrated for")
-    top.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    top.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("enroll", help="enroll a person from one or more photos")
-    p.add_argument("name")
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("name", help="the person's name, as the decisions will show it")
+    p.add_argument("images", nargs="+", type=Path, help="photos of that person, one face each")
+    p.add_argument(
+        "--force", action="store_true",
+        help="enroll even photos that match another enrolled person or not this one (recorded in the audit trail)",
+    )
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("people", help="list enrolled people, or remove one")
-    p.add_argument("--remove", metavar="NAME")
+    p.add_argument("--remove", metavar="NAME", help="remove this person and all their photos")
     p.add_argument(
         "--accept-gallery", action="store_true", help="vouch for a gallery changed outside FaceLock (e.g. restored)"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("verify", help="are two photos the same person?")
-    p.add_argument("image_a", type=Path)
-    p.add_argument("image_b", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("image_a", type=Path, help="first photo")
+    p.add_argument("image_b", type=Path, help="second photo")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("identify", help="who is in this photo?")
-    p.add_argument("image", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("image", type=Path, help="photo to look for an enrolled person in")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("eval", help="accuracy on LFW or on a folder of photos")
-    p.add_argument("protocol", choices=["lfw", "folder"])
+    p.add_argument(
+        "protocol", choices=["lfw", "folder"], help="lfw: aligned LFW crops and pairs.txt; folder: unaligned photos"
+    )
     p.add_argument("--data", type=Path, required=True, help="<identity>/<image> folder")
     p.add_argument("--pairs", type=Path, help="LFW pairs.txt (default: DATA/pairs.txt)")
     p.add_argument("--json", dest="json_out", type=Path, help="write the full report to this file")
 
     p = sub.add_parser("calibrate", help="thresholds for target FARs from a folder of identities")
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="<identity>/<image> folder")
     p.add_argument("--aligned", action="store_true", help="images are already aligned 112x112 crops")
     p.add_argument("--model-card", help="model card the calibration belongs to")
     p.add_argument("--write-default", type=Path, help=argparse.SUPPRESS)  # ships the default calibration
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     add_service_commands(sub, command)
     return top
 
@@ -193,6 +201,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = settings_from(args)
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -200,7 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     except FaceLockError as exc:
         print(f"facelock: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # the machine, not FaceLock: a full disk, a read-only or vanished folder
+        print(f"facelock: error: {os_problem(exc, settings.data_dir if settings else args.data_dir)}", file=sys.stderr)
+        return EXIT_USAGE
     return int(result or 0)
+
+
+def os_problem(exc: OSError, data_dir: Path | None) -> str:
+    """One line for an operating-system error, with what the user can do about the usual ones."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        folder = data_dir or "the data folder (FACELOCK_DATA_DIR)"
+        text += f"; free some space for {folder} (the first start writes about 40 MB of models there)"
+    return text
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ def _positive(text: str) -> int:
 
 
 def run_audit(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    """Run the parsed `audit` command. Exit status: 0 fine; verify: 1 tampered, damaged or missing;
-    list: 2 when the trail cannot be read."""
+    """Run the parsed `audit` command. Exit status: 0 fine; verify: 1 tampered, damaged or missing,
+    2 when the trail cannot be opened (nothing verified); list: 2 when the trail cannot be read."""
     db = args.db or (settings or load_settings()).data_dir / AUDIT_FILE
     return cmd_list(args, db) if args.audit_command == "list" else cmd_verify(args, db)
 
@@ -76,5 +76,8 @@ def cmd_verify(args: argparse.Namespace, db: Path) -> int:
             return 2
         witness = (int(seq), digest.lower())
     report = verify(db, witness)
+    if not report.checked:
+        print(f"error: {report.summary()}", file=sys.stderr)
+        return 2
     print(report.summary())
     return 0 if report.ok else 1

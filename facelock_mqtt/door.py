@@ -31,6 +31,15 @@ from .settings import CameraSettings, DecisionSettings, GateSettings
 log = logging.getLogger(__name__)
 
 REGION_GROWTH = 1.6  # the moving region is grown so a face at its edge is still whole
+LIVENESS_UNAVAILABLE = (
+    "liveness unavailable: no liveness models are installed, so a photo could not be told from a face "
+    "(`facelock liveness download`, or set liveness.required: false to accept that risk)"
+)
+BROKER_UNAVAILABLE = "broker unavailable: nothing could drive the door, so it stayed locked"
+UNTRUSTED_SOURCE = (
+    "untrusted source: any MQTT client can publish to {topic}; restrict it with a broker ACL and set the "
+    "camera's trusted: true to let it unlock (DOCS.md)"
+)
 
 
 @dataclass
@@ -38,6 +47,7 @@ class Guards:
     lockout: Lockout
     audit: AuditLog
     liveness: LivenessModel | None
+    liveness_required: bool = True  # without a liveness model, a recognised face is denied
 
 
 class Publisher(Protocol):
@@ -46,6 +56,9 @@ class Publisher(Protocol):
     def publish_decision(self, door: str, event: dict, snapshot_jpeg: bytes | None = None) -> dict: ...
 
     def publish_motion(self, door: str, on: bool) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...  # the broker is reachable: something can drive the door
 
 
 @dataclass
@@ -74,6 +87,7 @@ class Door:
         on_event: Callable[[dict], None] | None = None,
     ) -> None:
         self.name = camera.name
+        self.camera = camera
         self.settings = decision
         self.recognizer = recognizer
         self.lock = lock
@@ -169,6 +183,20 @@ class Door:
             self.motion = motion
             self.publisher.publish_motion(self.name, motion)
 
+    def _guard_recognition(self, frames: list[tuple[np.ndarray, object]], reason: str) -> tuple[str, str, object]:
+        """(outcome, reason, liveness result) for a face the matcher recognised: it unlocks only
+        from a source that can unlock, and (unless the user opted out) after a liveness check."""
+        liveness = None
+        if self.guards.liveness is not None:
+            liveness = self.guards.liveness.assess(frames)  # every usable frame: more motion evidence
+            if not liveness.live:
+                return "spoof_suspected", "liveness: " + "; ".join(liveness.reasons), liveness
+        elif self.guards.liveness_required:
+            return "denied", LIVENESS_UNAVAILABLE, None
+        if not self.camera.can_unlock:
+            return "denied", UNTRUSTED_SOURCE.format(topic=self.camera.mqtt_topic), liveness
+        return "recognized", reason, liveness
+
     def _abandon(self) -> None:
         self.attempt = None
         self.attempt_frames = []
@@ -180,15 +208,43 @@ class Door:
         latency_ms = 1000 * (time.monotonic() - self.first_capture) if self.first_capture is not None else None
         self.stats.decisions += 1
         self.stats.last_latency_ms = latency_ms
-        liveness = None
-        outcome, reason = decision.outcome, decision.reason
-        if outcome == "recognized" and self.guards.liveness is not None:
-            liveness = self.guards.liveness.assess(frames)  # every usable frame: more motion evidence
-            if not liveness.live:
-                outcome, reason = "spoof_suspected", "liveness: " + "; ".join(liveness.reasons)
-        event = {
+        outcome, reason, liveness = self._verdict(decision, frames)
+        event = self._event(decision, outcome, reason, liveness, latency_ms)
+        # Counted before anything is written: a full disk must not stop failures counting (in memory).
+        failed = outcome == "spoof_suspected" or (outcome == "denied" and decision.failed)
+        lockout = self.guards.lockout.record_failure(self.name) if failed else None
+        # The audit record is written before the door moves: no unlock goes unrecorded.
+        record = self.guards.audit.append(
+            outcome, camera=self.name, person=event["person"], details=self._details(decision, event)
+        )
+        if outcome == "recognized":
+            self.guards.lockout.record_success(self.name)
+            if not self.lock.unlock_for(decision.person or "?"):
+                event["reason"] += "; the lock did not release"
+        if lockout is not None:
+            self.guards.audit.append("lockout", camera=self.name, details=lockout.payload())
+            self.publisher.publish_decision(self.name, {"event_type": "lockout", "camera": self.name, **lockout.payload()})
+        self.publisher.publish_decision(self.name, event, self._snapshot(frames, decision))
+        if self.snapshots is not None and frames:
+            self.snapshots.save(record.seq, *frames[-1])  # queued: never delays the door
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _verdict(self, decision: Decision, frames: list[tuple[np.ndarray, object]]) -> tuple[str, str, object]:
+        """(outcome, reason, liveness result): the attempt's decision after the guards."""
+        outcome, reason, liveness = decision.outcome, decision.reason, None
+        if outcome == "recognized":
+            outcome, reason, liveness = self._guard_recognition(frames, reason)
+        if outcome == "recognized" and not self.publisher.connected:
+            outcome, reason = "denied", BROKER_UNAVAILABLE  # an unlock Home Assistant would see late
+        return outcome, reason, liveness
+
+    def _event(self, decision: Decision, outcome: str, reason: str, liveness, latency_ms: float | None) -> dict:
+        accepted = outcome == "recognized"
+        return {
             "event_type": outcome,
-            "person": decision.person,
+            "person": decision.person if accepted else None,  # a refused face names nobody...
+            "candidate": None if accepted else decision.candidate,  # ...but says whom it looked like
             "score": None if decision.score is None else round(decision.score, 4),
             "threshold": round(decision.threshold, 4),
             "far_target": decision.target_far,
@@ -198,22 +254,6 @@ class Door:
             "reason": reason,
             "liveness": None if liveness is None else round(liveness.score, 3),
         }
-        # The audit record is written before the door moves: no unlock goes unrecorded.
-        record = self.guards.audit.append(outcome, camera=self.name, person=decision.person, details=self._details(decision, event))
-        if outcome == "recognized":
-            self.guards.lockout.record_success(self.name)
-            if not self.lock.unlock_for(decision.person or "?"):
-                event["reason"] += "; the lock did not release"
-        elif decision.failed or outcome == "spoof_suspected":
-            lockout = self.guards.lockout.record_failure(self.name)
-            if lockout is not None:
-                self.guards.audit.append("lockout", camera=self.name, details=lockout.payload())
-                self.publisher.publish_decision(self.name, {"event_type": "lockout", "camera": self.name, **lockout.payload()})
-        self.publisher.publish_decision(self.name, event, self._snapshot(frames, decision))
-        if self.snapshots is not None and frames:
-            self.snapshots.save(record.seq, *frames[-1])  # queued: never delays the door
-        if self.on_event is not None:
-            self.on_event(event)
 
     @staticmethod
     def _details(decision: Decision, event: dict) -> dict:

@@ -13,6 +13,10 @@ class BundleError(FaceLockError):
     """A model bundle is missing, incomplete, or fails its SHA-256 check."""
 
 
+class BrokerUnavailable(FaceLockError):
+    """The MQTT broker could not be reached; the message names its address and why."""
+
+
 class ImageError(FaceLockError):
     """An image could not be read or decoded."""
 

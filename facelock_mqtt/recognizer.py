@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from .errors import EnrollmentError
 from .guards.audit import AuditLog
-from .guards.integrity import check_gallery, record_gallery
+from .guards.integrity import audited_change, check_gallery, flush_journal, record_gallery
 from .models.bundle import Bundle, load_bundle
 from .models.default_bundle import default_bundle
 from .pipeline.engine import FaceEngine
@@ -22,6 +24,7 @@ from .storage.gallery import Gallery, GalleryEditor, Sample
 log = logging.getLogger(__name__)
 
 GALLERY_FILE = "gallery.db"
+BATCH_FAR = 1e-3  # photos of one enrollment must match each other at this false-accept rate
 
 
 def resolve_bundle(model: ModelSettings, data_dir: Path) -> Bundle:
@@ -47,25 +50,33 @@ class Recognizer:
         self.audit = audit
         self.gallery = Gallery(Path(data_dir) / GALLERY_FILE)
         if audit is not None:
+            if flush_journal(audit, self.gallery, replayed=True):  # a change whose record a crash cut off
+                log.warning("gallery: appended the audit record of a change interrupted by a crash")
             if accept_gallery:
                 record_gallery(audit, self.gallery, "accepted by the user")
             check_gallery(audit, self.gallery)
         # Templates of another bundle are useless to this one: recompute from stored crops.
-        if self.gallery.sync(self.fingerprint, self.engine.embed_aligned):
-            self._record("templates recomputed for " + self.fingerprint)
+        with self._change("templates recomputed for " + self.fingerprint):
+            self.gallery.sync(self.fingerprint, self.engine.embed_aligned)
         self._matcher: Matcher | None = None
         self._version = self.gallery.data_version()
 
-    def _record(self, action: str, person: str | None = None, actor: str | None = None) -> None:
+    @contextmanager
+    def _change(self, action: str, person: str | None = None, actor: str | None = None) -> Iterator[None]:
+        """A gallery change, vouched for in the audit trail in the same commit (integrity.py)."""
+        if self.audit is None:
+            yield
+        else:
+            with audited_change(self.audit, self.gallery, action, person, actor):
+                yield
         self._matcher = None
-        if self.audit is not None:
-            record_gallery(self.audit, self.gallery, action, person, actor)
 
     @property
     def matcher(self) -> Matcher:
         version = self.gallery.data_version()
         if version != self._version:  # enrolled or removed by another process (the CLI)
             if self.audit is not None:
+                flush_journal(self.audit, self.gallery, replayed=True)  # the other process may have crashed
                 check_gallery(self.audit, self.gallery)
             self._matcher, self._version = None, version
         if self._matcher is None:
@@ -90,27 +101,76 @@ class Recognizer:
             raise EnrollmentError(f"{source}: poor quality: {reasons}")
         return Sample(result.crop, result.embedding, source)
 
-    def enroll(self, name: str, images: list[tuple[str, np.ndarray]], actor: str | None = None) -> int:
-        """Enroll every image or none: any refused image refuses the whole enrollment."""
-        if not name.strip():
+    def enroll(
+        self, name: str, images: list[tuple[str, np.ndarray]], actor: str | None = None, force: bool = False
+    ) -> int:
+        """Enroll every image or none: any refused image refuses the whole enrollment.
+
+        A photo that would merge two people is refused too (see `merge_problem`); `force`
+        overrides that check only, and the audit trail records that it was forced.
+        """
+        name = name.strip()
+        if not name:
             raise EnrollmentError("a person needs a name")
         samples, problems = [], []
         for source, image in images:
             try:
-                samples.append(self.enrollment_sample(image, source))
+                sample = self.enrollment_sample(image, source)
             except EnrollmentError as exc:
                 problems.append(str(exc))
+                continue
+            merge = self.merge_problem(name, sample.embedding)
+            if merge is not None and not force:
+                problems.append(f"{source}: {merge} (--force to enroll anyway)")
+            samples.append(sample)
+        if not force:
+            problems += self._strangers_in_batch(samples)
         if problems:
             raise EnrollmentError("enrollment refused, nothing written: " + " | ".join(problems))
-        added = self.gallery.add(name.strip(), samples, self.fingerprint)
-        self._record(f"enrolled {added} sample(s)", name.strip(), actor)
-        return added
+        action = f"enrolled {len(samples)} sample(s){' (forced past the merge check)' if force else ''}"
+        with self._change(action, name, actor):
+            return self.gallery.add(name, samples, self.fingerprint)
+
+    def _strangers_in_batch(self, samples: list[Sample]) -> list[str]:
+        """Photos of one enrollment must show one person: each must match another photo of the
+        batch. The looser FAR 1e-3 threshold is used here (99 % of genuine LFW pairs pass it),
+        as two photos of one person taken apart often fall below the 1e-6 door threshold."""
+        if len(samples) < 2:
+            return []
+        embeddings = np.stack([sample.embedding for sample in samples]).astype(np.float32)
+        scores = embeddings @ embeddings.T
+        np.fill_diagonal(scores, -np.inf)
+        threshold = self.bundle.threshold_for(BATCH_FAR).threshold
+        return [
+            f"{sample.source}: matches none of the other photos (best score {scores[i].max():.3f} <= "
+            f"{threshold:.3f}); enroll one person at a time"
+            for i, sample in enumerate(samples)
+            if not scores[i].max() > threshold
+        ]
+
+    def merge_problem(self, name: str, embedding: np.ndarray) -> str | None:
+        """Why adding this face to `name` would merge two people, or None when it would not.
+
+        Two ways to merge: the face matches someone else above the calibrated threshold (a new
+        name for an enrolled face, or another person's photo), or `name` is enrolled and the
+        face matches none of their templates above the threshold (someone else's photo added
+        to them, who would then unlock as them).
+        """
+        other = self.other_person_match(embedding, name)
+        if other is not None:
+            return f"matches another person ({other[0]}, score {other[1]:.3f})"
+        matcher = self.matcher
+        own = matcher.people == name
+        if own.any():
+            best = float(np.max(matcher.templates[own] @ embedding.astype(np.float32)))
+            threshold = matcher.threshold.threshold
+            if not best > threshold:
+                return f"does not match {name}'s enrolled photos (best score {best:.3f} <= threshold {threshold:.3f})"
+        return None
 
     def remove(self, name: str, actor: str | None = None) -> bool:
-        removed = self.gallery.remove(name)
-        if removed:
-            self._record("removed", name, actor)
-        return removed
+        with self._change("removed", name, actor):
+            return self.gallery.remove(name)
 
     def identify(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> Identification:
         result = self.engine.analyze(image, region)
@@ -157,22 +217,8 @@ class Recognizer:
             except EnrollmentError as exc:
                 verdicts.append(PhotoVerdict(source, str(exc).removeprefix(f"{source}: "), None))
                 continue
-            verdicts.append(PhotoVerdict(source, self._merge_reason(name.strip(), sample.embedding), sample.crop))
+            verdicts.append(PhotoVerdict(source, self.merge_problem(name.strip(), sample.embedding), sample.crop))
         return verdicts
-
-    def _merge_reason(self, name: str, embedding: np.ndarray) -> str | None:
-        """Why adding this face to `name` would merge two people: it matches someone else, or
-        `name` is enrolled and it matches none of their templates."""
-        other = self.other_person_match(embedding, name)
-        if other is not None:
-            return f"matches another person ({other[0]}, score {other[1]:.3f})"
-        matcher = self.matcher
-        own = matcher.people == name
-        if own.any():
-            best = float(np.max(matcher.templates[own] @ embedding.astype(np.float32)))
-            if not best > matcher.threshold.threshold:
-                return f"does not match {name}'s enrolled photos (best score {best:.3f})"
-        return None
 
     @property
     def editor(self) -> GalleryEditor:
@@ -180,19 +226,19 @@ class Recognizer:
 
     def remove_template(self, sample_id: int, actor: str | None = None) -> str | None:
         """Remove one template (sample); returns its person, None when there was no such template."""
-        person = self.editor.remove_template(sample_id)
-        if person is not None:
-            self._record(f"removed template {sample_id}", person, actor)
-        return person
+        info = self.editor.template_info(sample_id)
+        if info is None:
+            return None
+        with self._change(f"removed template {sample_id}", info.person, actor):
+            return self.editor.remove_template(sample_id)
 
     def rename(self, old: str, new: str, actor: str | None = None) -> bool:
         new = new.strip()
         if not new:
             raise EnrollmentError("a person needs a name")
-        renamed = self.editor.rename(old, new)
-        if renamed:
-            self._record(f"renamed {old!r} to {new!r}", new, actor)
-        return renamed
+        with self._change(f"renamed {old!r} to {new!r}", new, actor):
+            return self.editor.rename(old, new)
+
 
 @dataclass(frozen=True)
 class PhotoVerdict:

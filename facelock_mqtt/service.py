@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import urllib.error
@@ -14,12 +15,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .door import Door, Guards
+from .door import LIVENESS_UNAVAILABLE, UNTRUSTED_SOURCE, Door, DoorStats, Guards
 from .errors import ConfigError
 from .guards.audit import AUDIT_FILE, AuditLog
 from .guards.liveness import liveness_status, load_liveness
 from .guards.lockout import Lockout
-from .homeassistant.bridge import HomeAssistantBridge
+from .homeassistant.bridge import UNKNOWN, HomeAssistantBridge
 from .homeassistant.broker import embedded_broker_for
 from .pipeline.source import FrameSource, open_source
 from .recognizer import Recognizer
@@ -31,6 +32,7 @@ from .web import MetricsHistory, PanelServer
 log = logging.getLogger(__name__)
 
 SENSOR_PERIOD_S = 10.0
+LOW_DISK_BYTES = 20_000_000  # below this the audit trail and lockout state may fail to write
 SUPERVISOR_URL = "http://supervisor"
 
 
@@ -122,10 +124,15 @@ class Service:
             lockout=Lockout(settings.lockout, data_dir / "lockout.json"),
             audit=audit,
             liveness=load_liveness(liveness_dir, settings.model.threads),
+            liveness_required=settings.liveness.required,
         )
+        self.problems = startup_problems(self.guards, self.cameras)
         mqtt_settings, self.broker = embedded_broker_for(supervisor_mqtt(settings.mqtt))
         doors = [c.name for c in self.cameras]
-        self.bridge = HomeAssistantBridge(mqtt_settings, doors, settings.lock, relay_factory)
+        self.bridge = HomeAssistantBridge(
+            mqtt_settings, doors, settings.lock, relay_factory, pin_store=self.guards.lockout
+        )
+        self.bridge.on_remote_refused(self._audit_refusal)
         self.sources: dict[str, FrameSource] = {c.name: open_source(c, realtime=realtime) for c in self.cameras}
         self.doors = {
             c.name: Door(
@@ -147,13 +154,24 @@ class Service:
         for door in self.doors.values():
             door.snapshots = self.snapshots
 
-    def _clear_lockout(self, door: str) -> Callable[[], None]:
-        def clear() -> None:
-            for event in self.guards.lockout.clear(door):
+    def _clear_lockout(self, door: str) -> Callable[[str | None], None]:
+        """Every clear request is audited: refused, cleared, or with nothing to clear."""
+
+        def clear(refusal: str | None) -> None:
+            if refusal is not None:
+                self.guards.audit.append("lockout_clear_refused", camera=door, details={"reason": refusal})
+                return
+            events = self.guards.lockout.clear(door)
+            for event in events:
                 self.guards.audit.append(event.event_type, camera=door, details=event.payload())
-            log.info("door %s: lockout cleared from Home Assistant", door)
+            if not events:
+                self.guards.audit.append("lockout_clear_noop", camera=door, details={"reason": "no lockout to clear"})
+            log.info("door %s: lockout clear from Home Assistant (%d cleared)", door, len(events))
 
         return clear
+
+    def _audit_refusal(self, door: str, action: str, reason: str) -> None:
+        self.guards.audit.append("remote_refused", camera=door, details={"action": action, "reason": reason})
 
     def start(self) -> None:
         if self._panel_wanted:  # first: a panel that cannot listen stops the start before a door runs
@@ -164,38 +182,50 @@ class Service:
 
     def start_cameras(self) -> None:
         for door in self.doors.values():
-            self.bridge.publish_sensors(door.name, {"liveness": liveness_status(self.guards.liveness)})
+            # Fresh values at every start: the broker still holds the previous process's (retained).
+            idle = {"fps": 0.0, "gate_pass_rate": UNKNOWN, "cpu": UNKNOWN, "decision_latency": UNKNOWN}
+            self.bridge.publish_sensors(door.name, {"liveness": self._liveness_status(), **idle})
+            self.bridge.publish_problems(door.name, self._runtime_problems(door.name))
         for name, source in self.sources.items():
             source.start()
             thread = threading.Thread(target=self._run_door, args=(name,), name=f"facelock-door-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
 
+    def _liveness_status(self) -> str:
+        if self.guards.liveness is None and self.guards.liveness_required:
+            return "off: no liveness models installed; recognised faces are denied"
+        return liveness_status(self.guards.liveness)
+
     def _run_door(self, name: str) -> None:
         source, door = self.sources[name], self.doors[name]
-        last_sensors, cpu_start, frames_start = time.monotonic(), time.process_time(), 0
+        period = SensorPeriod(door.stats)
         while not self.stopping.is_set():
             frame = source.latest(timeout=0.5)
-            if frame is None:
-                if source.finished:
-                    break
-                continue
-            door.process(frame)
-            now = time.monotonic()
-            if now - last_sensors >= SENSOR_PERIOD_S:
-                self._publish_sensors(door, now - last_sensors, time.process_time() - cpu_start, frames_start)
-                last_sensors, cpu_start, frames_start = now, time.process_time(), door.stats.frames
+            if frame is None and source.finished:
+                break
+            if frame is not None:
+                door.process(frame)
+            if period.due():  # with or without frames: a dead camera shows 0 fps, not its last rate
+                self.bridge.publish_problems(door.name, self._runtime_problems(door.name))
+                self._publish_sensors(door, {**period.values(door.stats), "rate_limited": source.stats.rate_limited})
+                period = SensorPeriod(door.stats)
         door.finish(door.clock(frame) if frame is not None else time.monotonic())
 
-    def _publish_sensors(self, door: Door, elapsed: float, cpu: float, frames_start: int) -> None:
-        stats = door.stats
-        values = {
-            "fps": (stats.frames - frames_start) / elapsed,
-            "gate_pass_rate": 100.0 * stats.gated / max(stats.frames, 1),
-            "cpu": 100.0 * cpu / elapsed,  # process-wide, in % of one core
-        }
-        if stats.last_latency_ms is not None:
-            values["decision_latency"] = stats.last_latency_ms
+    def _runtime_problems(self, door: str) -> list[str]:
+        """What keeps the door from working now: the start's problems, then what failed since."""
+        problems = list(self.problems[door])
+        problems += [e for e in (self.guards.audit.write_error, self.guards.lockout.save_error) if e]
+        try:
+            free = shutil.disk_usage(self.settings.data_dir).free
+        except OSError as exc:
+            problems.append(f"cannot read the data folder's free space: {exc.strerror}")
+        else:
+            if free < LOW_DISK_BYTES:
+                problems.append(f"the data folder has only {free // 1_000_000} MB free: decisions may go unrecorded")
+        return problems
+
+    def _publish_sensors(self, door: Door, values: dict[str, object]) -> None:
         self.metrics.add(door.name, values)
         try:
             self.bridge.publish_sensors(door.name, values)
@@ -224,7 +254,58 @@ class Service:
             self.broker.stop()
 
 
+class SensorPeriod:
+    """One sensor period of a door: what its frames, gate and decisions measured since it began."""
+
+    def __init__(self, stats: DoorStats) -> None:
+        self.started, self.cpu = time.monotonic(), time.process_time()
+        self.frames, self.gated = stats.frames, stats.gated
+
+    def due(self) -> bool:
+        return time.monotonic() - self.started >= SENSOR_PERIOD_S
+
+    def values(self, stats: DoorStats) -> dict[str, object]:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        frames = stats.frames - self.frames
+        values: dict[str, object] = {
+            "fps": frames / elapsed,
+            "gate_pass_rate": 100.0 * (stats.gated - self.gated) / frames if frames else UNKNOWN,
+            "cpu": 100.0 * (time.process_time() - self.cpu) / elapsed,  # process-wide, in % of one core
+        }
+        if not frames:
+            values["decision_latency"] = UNKNOWN  # no camera, no decision: an old latency would mislead
+        elif stats.last_latency_ms is not None:
+            values["decision_latency"] = stats.last_latency_ms
+        return values
+
+
+def startup_problems(guards: Guards, cameras: list[CameraSettings]) -> dict[str, list[str]]:
+    """What keeps each door from unlocking as the user expects: logged at every start and
+    shown on the door's `problem` sensor."""
+    shared = []
+    if guards.liveness is None and guards.liveness_required:
+        shared.append(LIVENESS_UNAVAILABLE)
+        log.error("LIVENESS UNAVAILABLE: recognised faces are DENIED until liveness models are installed "
+                  "(`facelock liveness download`; docs/LIVENESS.md)")  # fmt: skip
+    elif not guards.liveness_required:
+        log.warning("liveness.required is false: %s", "a printed photo of an enrolled person may unlock the door"
+                    if guards.liveness is None else "the door would unlock without liveness models")  # fmt: skip
+    problems = {}
+    for camera in cameras:
+        problems[camera.name] = list(shared)
+        if not camera.can_unlock:
+            problems[camera.name].append(UNTRUSTED_SOURCE.format(topic=camera.mqtt_topic))
+            log.warning("door %s: fed by MQTT topic %s, not marked trusted: it reports decisions but never unlocks",
+                        camera.name, camera.mqtt_topic)  # fmt: skip
+    return problems
+
+
 def replay_camera(video: str, door: str, fps: float) -> CameraSettings:
     if not Path(video).exists() and "%" not in video:
         raise ConfigError(f"replay: {video} does not exist")
-    return CameraSettings(name=door, url=video, fps=fps)
+    try:
+        return CameraSettings(name=door, url=video, fps=fps)
+    except ValidationError as exc:  # named as the user typed them: --door, --fps
+        flags = {("name",): "--door", ("fps",): "--fps"}
+        problems = "; ".join(f"{flags.get(tuple(e['loc']), 'video')}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"replay: {problems}") from exc

@@ -11,12 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .cli_audit import add_audit_commands, run_audit
+from .errors import BrokerUnavailable, ConfigError
 from .guards.liveness import WEIGHTS_URL
 from .service import Service, replay_camera
 from .settings import Settings
 from .tools.bench import add_bench_command
 
 log = logging.getLogger(__name__)
+
+REPLAY_BROKER_WAIT_S = 10.0  # how long `replay` waits for the broker before it gives up
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -39,10 +42,18 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(event), flush=True)
 
     service = Service(settings, cameras=[camera], realtime=False, on_event=print_event)
-    service.start()
-    service.bridge.mqtt.connected.wait(timeout=10)
+    service.bridge.start()  # the broker first: without it no decision could drive the door
+    try:
+        service.bridge.mqtt.wait_connected(REPLAY_BROKER_WAIT_S)
+    except BrokerUnavailable:
+        service.stop()
+        raise  # a one-line error and exit code 2, like every FaceLockError
+    service.start_cameras()
     service.wait()
     service.stop()
+    source = service.sources[camera.name]
+    if source.stats.frames_decoded == 0:  # an unreadable file must not pass for a clip with nobody in it
+        raise ConfigError(f"replay: no frame could be read from {args.video} ({source.last_error or 'no frames'})")
     return 0
 
 

@@ -102,6 +102,11 @@ class MqttSettings(Section):
     discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_\-/]+$", description="Home Assistant discovery prefix.")
     client_id: str = Field("facelock", pattern=r"^[A-Za-z0-9_\-]+$", description="MQTT client id.")
     keepalive: int = Field(30, ge=5, le=3600, description="MQTT keep-alive, seconds.")
+    mqtt5: bool = Field(
+        True,
+        description="Connect with MQTT 5 (lock states then carry a message expiry), falling back to 3.1.1 when "
+        "the broker refuses it; false connects with 3.1.1 only, for a broker that never answers version 5.",
+    )
 
     @model_validator(mode="after")
     def _client_cert_pair(self) -> MqttSettings:
@@ -130,6 +135,11 @@ class CameraSettings(Section):
     name: str = Field(..., pattern=r"^[a-z0-9_]+$", description="Door name (lower-case letters, digits, _).")
     url: str | None = Field(None, description="OpenCV source: rtsp://, http:// MJPEG, a video file or /dev/videoN.")
     mqtt_topic: str | None = Field(None, description="MQTT topic carrying JPEG snapshots (e.g. Frigate's).")
+    trusted: bool = Field(
+        False,
+        description="Let faces from mqtt_topic unlock. Any broker client can publish there: set true only after a "
+        "broker ACL lets just the camera's publisher write the topic (DOCS.md). Stream URLs are always trusted.",
+    )
     fps: float = Field(
         10.0, gt=0.0, le=60.0, description="Frames per second taken from the source (10 or more keeps unlocks fast)."
     )
@@ -143,6 +153,18 @@ class CameraSettings(Section):
         description="Longest wait, in seconds, between attempts to reopen a camera that dropped or failed to "
         "open; the wait starts at half a second and doubles after each failure.",
     )
+    max_snapshot_pixels: int = Field(
+        40_000_000,
+        ge=100_000,
+        le=500_000_000,
+        description="Largest snapshot from mqtt_topic, in pixels (width x height), that is decoded; a larger one "
+        "(or one whose JPEG/PNG header cannot be read) is refused from its header, before decoding.",
+    )
+
+    @property
+    def can_unlock(self) -> bool:
+        """A stream URL is the camera itself; an MQTT topic only when the user vouches for its ACL."""
+        return self.url is not None or self.trusted
 
     @model_validator(mode="after")
     def _one_source(self) -> CameraSettings:
@@ -183,7 +205,12 @@ class LockSettings(Section):
     pin: SecretStr | None = Field(
         None,
         description="PIN (4 to 12 digits) Home Assistant must send with a remote UNLOCK or OPEN; "
-        "empty: remote commands need no PIN.",
+        "empty: remote UNLOCK and OPEN are refused unless allow_remote_without_pin is true.",
+    )
+    allow_remote_without_pin: bool = Field(
+        False,
+        description="With no PIN set, accept remote UNLOCK, OPEN and lockout clears from any MQTT client that can "
+        "publish to FaceLock's topics. Off by default: set a PIN instead.",
     )
 
     @model_validator(mode="after")
@@ -195,7 +222,11 @@ class LockSettings(Section):
 
 class LockoutSettings(Section):
     max_failures: int = Field(
-        5, ge=1, le=100, description="Failed attempts (denied or spoof suspected) within window_s that lock a door out."
+        5,
+        ge=1,
+        le=100,
+        description="Failed attempts (denied or spoof suspected) within lockout.window_s (default 600 s, ten "
+        "minutes) that lock a door out.",
     )
     window_s: float = Field(600.0, ge=1.0, le=86400.0, description="Seconds over which failed attempts are counted.")
     base_s: float = Field(30.0, ge=1.0, le=86400.0, description="Length of the first lockout; each further one doubles.")
@@ -223,8 +254,13 @@ class AuditSettings(Section):
 class LivenessSettings(Section):
     models: Path | None = Field(
         None,
-        description="Folder of the exported liveness models (docs/LIVENESS.md); empty uses <data_dir>/liveness. "
-        "Without them liveness is off and the add-on says so.",
+        description="Folder of the installed liveness models (`facelock liveness install`, docs/LIVENESS.md); "
+        "empty uses <data_dir>/liveness.",
+    )
+    required: bool = Field(
+        True,
+        description="Unlock only after a liveness check: without usable liveness models a recognised face is "
+        "denied. false lets a printed photo of an enrolled person open the door.",
     )
 
 
@@ -241,6 +277,20 @@ class WebSettings(Section):
     max_upload_pixels: int = Field(
         40_000_000, ge=10_000, le=200_000_000, description="Largest photo the panel decodes, in pixels (width x height)."
     )
+
+
+class _OptionsFile(JsonConfigSettingsSource):
+    """The options file holds one JSON object; anything else (an array, a number) is a one-line error."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except ValueError as exc:  # bad JSON or bad UTF-8
+            raise ConfigError(f"options file {file_path}: not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            kind = {list: "an array", str: "a string", bool: "true/false"}.get(type(data), "a number or null")
+            raise ConfigError(f"options file {file_path}: must hold a JSON object ({{...}}), not {kind}")
+        return data
 
 
 class Settings(BaseSettings):
@@ -286,7 +336,7 @@ class Settings(BaseSettings):
         options = Path(os.environ.get("FACELOCK_OPTIONS_FILE", DEFAULT_OPTIONS_FILE))
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if options.is_file():
-            sources.append(JsonConfigSettingsSource(settings_cls, json_file=options))
+            sources.append(_OptionsFile(settings_cls, json_file=options))
         return tuple(sources)
 
 

@@ -3,6 +3,7 @@ local web server."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import http.server
 import os
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,7 @@ class Mosquitto:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+            self.proc.stderr.close()  # an unclosed pipe is a ResourceWarning per broker
             self.proc = None
 
 
@@ -113,3 +115,35 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`small_disk("4m")`: a folder on a tmpfs of that size, so writes past it fail with a real
+    ENOSPC. Needs root (CI runs as root on these machines: there it fails instead of skipping)."""
+    mounts: list[Path] = []
+
+    def make(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI runs as root and can mount a tmpfs: {done.stderr.strip()}")
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield make
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> None:
+    """Fill the file system of `folder` to the last byte: the writes end with ENOSPC."""
+    for name, block in (("filler", 1 << 16), ("filler-tail", 512)):
+        with open(folder / name, "wb", buffering=0) as out, pytest.raises(OSError) as full:
+            while True:
+                out.write(bytes(block))
+        assert full.value.errno == errno.ENOSPC, full.value

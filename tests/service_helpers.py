@@ -76,7 +76,7 @@ def service_settings(tmp_path: Path, mosquitto) -> Settings:
         data_dir=tmp_path / "data",
         mqtt={"host": mosquitto.host, "port": mosquitto.port, "client_id": "facelock_e2e"},
         lock={"relock_s": 1.0, "unlocking_s": 0.1},
-        liveness={"models": tmp_path / "no-liveness"},
+        liveness={"models": tmp_path / "no-liveness", "required": False},
     )
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from facelock_mqtt.cli import main
+from facelock_mqtt.cli import main, parser
 from facelock_mqtt.models.bundle import Bundle
 from facelock_mqtt.models.default_bundle import default_bundle
 from facelock_mqtt.settings import MatchSettings
@@ -154,6 +159,7 @@ def test_enroll_people_identify_verify_remove(
 
     stranger = run_json(capsys, "identify", str(deepface / "person04/img14.jpg"))
     assert stranger["accepted"] is False and stranger["score"] < stranger["threshold"]
+    assert stranger["person"] is None and stranger["candidate"] in {"alice", "bob"}  # a refusal names nobody
 
     same = run_json(capsys, "verify", str(deepface / ALICE[0]), str(deepface / "person01/img10.jpg"))
     assert same["same_person"] is True and same["score"] > same["threshold"]
@@ -266,9 +272,15 @@ def test_eval_folder_leaves_out_files_labels_csv_does_not_list(
     assert (report["n_images"], report["n_genuine"], report["n_impostor"]) == (4, 2, 4)
 
 
-def test_console_script_error_is_one_line(tmp_path: Path, bundle: Bundle) -> None:
-    script = shutil.which("facelock")
+def facelock_script() -> str:
+    """The console script: on PATH, or beside this Python (a venv that is not activated)."""
+    script = shutil.which("facelock") or shutil.which("facelock", path=str(Path(sys.executable).parent))
     assert script is not None, "the facelock console script is not installed (pip install -e .)"
+    return script
+
+
+def test_console_script_error_is_one_line(tmp_path: Path, bundle: Bundle) -> None:
+    script = facelock_script()
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\x89PNG broken")
     env = {
@@ -280,3 +292,132 @@ def test_console_script_error_is_one_line(tmp_path: Path, bundle: Bundle) -> Non
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"facelock: error: {corrupt}: data is not a decodable image"]
+
+
+# --- what a new user trips over (issue 11) ---------------------------------------------------------
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+
+
+def console(
+    tmp_path: Path, data_dir: Path, *argv: str, preexec: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    script = facelock_script()
+    env = {**os.environ, "FACELOCK_DATA_DIR": str(data_dir), "FACELOCK_OPTIONS_FILE": str(tmp_path / "none")}
+    return subprocess.run(
+        [script, *argv], check=False, capture_output=True, text=True, env=env, timeout=180, preexec_fn=preexec
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [(["--door", "Front Door"], "--door: String should match pattern"), (["--door", "front", "--fps", "0"], "--fps")],
+    ids=["door-name", "fps-zero"],
+)
+def test_replay_bad_door_or_fps_is_one_line(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path, flags: list[str], fragment: str
+) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    assert_one_line_error(*run(capsys, "replay", str(tmp_path / "clip.mp4"), *flags), "replay: ", fragment)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"), [(b"", "the file is empty"), (b"not a video\n", "not a video")], ids=["empty", "text"]
+)
+def test_replay_of_an_unreadable_file_exits_2_with_the_reason(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path, content: bytes, reason: str
+) -> None:
+    clip = tmp_path / "door.mp4"
+    clip.write_bytes(content)
+    assert_one_line_error(*run(capsys, "replay", str(clip), "--door", "front"), "no frame could be read", reason)
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"), [("[1, 2]", "an array"), ('"cameras"', "a string"), ("{bad", "not valid JSON")]
+)
+def test_options_file_that_is_not_an_object_is_one_line(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    content: str, kind: str,
+) -> None:  # fmt: skip
+    options = tmp_path / "options.json"
+    options.write_text(content)
+    monkeypatch.setenv("FACELOCK_OPTIONS_FILE", str(options))
+    assert_one_line_error(*run(capsys, "people"), f"options file {options}", kind)
+
+
+def test_eval_folder_without_two_identities_is_one_line(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, deepface: Path, tmp_path: Path
+) -> None:
+    one = tmp_path / "one"
+    (one / "alice").mkdir(parents=True)
+    for file in ALICE:
+        shutil.copy(deepface / file, one / "alice")
+    assert_one_line_error(*run(capsys, "eval", "folder", "--data", str(one)), "only 1 identity")
+    assert_one_line_error(*run(capsys, "calibrate", "--data", str(one)), "only 1 identity")
+    singles = tmp_path / "singles"
+    for name, file in (("alice", ALICE[0]), ("bob", BOB[0])):
+        (singles / name).mkdir(parents=True)
+        shutil.copy(deepface / file, singles / name)
+    assert_one_line_error(*run(capsys, "eval", "folder", "--data", str(singles)), "no identity has two images")
+
+
+def limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None] | None]]:
+    """A folder on a 4 MB tmpfs (ENOSPC; needs root, as in CI), or else a 1 MB file-size limit
+    for the child (EFBIG; Python ignores SIGXFSZ): either way the 40 MB bundle cannot be written."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs as root and can mount a tmpfs: {mounted.stderr!r}")
+        yield mount, limit_file_size
+        return
+    try:
+        yield mount, None
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_first_start_on_a_full_disk_is_one_line(
+    tmp_path: Path, full_disk: tuple[Path, Callable[[], None] | None]
+) -> None:
+    folder, preexec = full_disk
+    done = console(tmp_path, folder / "facelock", "run", preexec=preexec)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if not LOG_LINE.match(line)]
+    assert len(errors) == 1 and errors[0].startswith("facelock: error: "), done.stderr
+    assert ("No space left on device" if preexec is None else "File too large") in errors[0]
+
+
+def test_every_option_and_command_has_help() -> None:
+    missing = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {choice.dest: choice.help for choice in action._choices_actions}
+                for name, sub in action.choices.items():
+                    missing.extend([f"{path} {name}"] if not helps.get(name) else [])
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(parser(), "facelock")
+    assert missing == []
+
+
+def test_opencv_and_ffmpeg_warnings_go_through_logging(tmp_path: Path, data_dir: Path) -> None:
+    """A broken file makes FFmpeg complain on stderr ('moov atom not found'); the user sees only
+    FaceLock's own log lines, which name the camera, and the one-line error."""
+    clip = tmp_path / "door.mp4"
+    clip.write_text("not a video\n")
+    done = console(tmp_path, data_dir, "replay", str(clip), "--door", "front")
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if not LOG_LINE.match(line)] == [lines[-1]], done.stderr
+    assert any("camera front: cannot open" in line for line in lines), done.stderr

@@ -20,7 +20,9 @@ from facelock_mqtt.settings import CameraSettings, load_settings
 
 
 @pytest.fixture
-def parts(tmp_path, mosquitto, shared_data):
+def build(tmp_path, mosquitto, shared_data):
+    """A door factory over one real recognizer (s0001 enrolled), bridge and lockout; each door
+    reports its events into `door.events`."""
     settings = load_settings(
         data_dir=tmp_path / "data", mqtt={"host": mosquitto.host, "port": mosquitto.port, "client_id": "door_test"}
     )
@@ -30,13 +32,27 @@ def parts(tmp_path, mosquitto, shared_data):
     bridge = HomeAssistantBridge(settings.mqtt, ["front"], settings.lock, lambda door: relay)
     bridge.start()
     assert bridge.mqtt.connected.wait(10)
-    guards = Guards(Lockout(settings.lockout, tmp_path / "lockout.json"), rec.audit, liveness=None)
-    camera = CameraSettings(name="front", url="unused.avi", fps=10.0)
-    door = Door(camera, settings.gate, settings.decision, rec, bridge.locks["front"], guards, bridge)
+    lockout = Lockout(settings.lockout, tmp_path / "lockout.json")
+
+    def make(camera: CameraSettings | None = None, liveness_required: bool = False) -> Door:
+        # No liveness models here: by default these doors run with liveness explicitly not required.
+        guards = Guards(lockout, rec.audit, None, liveness_required=liveness_required)
+        camera = camera or CameraSettings(name="front", url="unused.avi", fps=10.0)
+        events: list[dict] = []
+        door = Door(camera, settings.gate, settings.decision, rec, bridge.locks["front"], guards, bridge, events.append)
+        door.events = events
+        return door
+
     frames = [read_image(p) for p in nuaa_frames(shared_data, "s0001", "02")]
-    yield door, relay, frames, settings
+    yield make, relay, frames, settings
     bridge.stop()
     rec.close()
+
+
+@pytest.fixture
+def parts(build):
+    make, relay, frames, settings = build
+    return make(), relay, frames, settings
 
 
 def play(door: Door, frames) -> None:
@@ -75,3 +91,25 @@ def test_lockout_refuses_even_the_enrolled_person(parts):
     assert door.stats.refused_lockout > 0
     assert "unlock" not in relay.calls
     assert (settings.data_dir / AUDIT_FILE).exists()
+
+
+def test_without_liveness_models_a_recognised_face_is_denied_by_default(build):
+    make, relay, frames, _ = build
+    door = make(liveness_required=True)
+    play(door, frames)
+    decisions = [e for e in door.events if e["event_type"] != "lockout"]
+    assert decisions and all(e["event_type"] == "denied" for e in decisions), decisions
+    assert decisions[0]["reason"].startswith("liveness unavailable") and decisions[0]["candidate"] == "s0001"
+    assert decisions[0]["person"] is None and "unlock" not in relay.calls
+
+
+def test_an_untrusted_mqtt_camera_reports_but_never_unlocks(build):
+    make, relay, frames, _ = build
+    door = make(CameraSettings(name="front", mqtt_topic="frigate/front/snapshot", fps=10.0))
+    play(door, frames)
+    assert door.events and door.events[0]["event_type"] == "denied", door.events
+    assert "untrusted source" in door.events[0]["reason"] and "frigate/front/snapshot" in door.events[0]["reason"]
+    assert "unlock" not in relay.calls
+    trusted = make(CameraSettings(name="front", mqtt_topic="frigate/front/snapshot", fps=10.0, trusted=True))
+    play(trusted, frames)
+    assert trusted.events[0]["event_type"] == "recognized" and "unlock" in relay.calls

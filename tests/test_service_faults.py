@@ -7,13 +7,15 @@ import time
 
 import paho.mqtt.client as paho
 import pytest
+from conftest import fill
 from mqtt_client import FakeRelay
 from paho.mqtt.enums import CallbackAPIVersion
 from service_helpers import Watcher, enroll, nuaa_frames, service_settings, write_clip
 
 from facelock_mqtt.pipeline.imageio import encode_jpeg, read_image
+from facelock_mqtt import service as service_module
 from facelock_mqtt.service import Service, replay_camera
-from facelock_mqtt.settings import CameraSettings
+from facelock_mqtt.settings import CameraSettings, DecisionSettings, LockoutSettings
 
 
 @pytest.fixture
@@ -53,12 +55,13 @@ def test_broker_restart_mid_run_loses_no_decision(settings, shared_data, mosquit
     assert wait_until(lambda: not service.bridge.mqtt.connected.is_set(), 10)
     service.start_cameras()  # every decision of the clip is made while the broker is down
     assert service.wait(timeout=120)
-    assert [e["event_type"] for e in events].count("recognized") >= 1
+    # No broker, nothing can drive the door: the face is denied (tests/test_broker_outage.py), not unlocked late.
+    assert [e["event_type"] for e in events].count("denied") >= 1
     mosquitto.start()
     watcher = ResubscribingWatcher(mosquitto.host, mosquitto.port)
     try:
         got_event = wait_until(
-            lambda: any(json.loads(p)["event_type"] == "recognized" for p in watcher.payloads("facelock/front/event")),
+            lambda: any(json.loads(p)["late"] for p in watcher.payloads("facelock/front/event")),
             30,
         )
         assert got_event, "the decision made during the outage never reached the broker"
@@ -109,3 +112,42 @@ def test_corrupt_snapshots_and_malformed_commands_change_nothing(settings, share
         watcher.close()
         service.stop()
     assert "UNLOCKED" not in {p.decode() for p in watcher.payloads("facelock/porch/lock/state")}
+
+
+def test_a_full_disk_keeps_the_door_locked_counts_failures_and_raises_the_problem_sensor(
+    tmp_path, shared_data, mosquitto, small_disk, monkeypatch
+):
+    """The data folder fills up mid-run: a stranger's attempts cannot be audited (so nothing can
+    unlock), still count toward lockout in memory, and the door's `problem` sensor says why."""
+    settings = service_settings(tmp_path, mosquitto).model_copy(
+        update={
+            "data_dir": small_disk("64m"),
+            "lockout": LockoutSettings(max_failures=2),
+            "decision": DecisionSettings(cooldown_s=1.0),
+        }
+    )
+    enroll(settings, shared_data, "s0001", "01")  # builds the 38 MB bundle there too
+    strangers = [f for who in ("s0003", "s0004", "s0005") for f in nuaa_frames(shared_data, who, "01")]
+    stranger = write_clip(strangers, tmp_path / "strangers.avi")  # three people, no frame repeated
+    monkeypatch.setattr(service_module, "SENSOR_PERIOD_S", 0.2)
+    relays: dict[str, FakeRelay] = {}
+    service = Service(
+        settings, cameras=[replay_camera(str(stranger), "front", 10.0)], realtime=False,
+        relay_factory=lambda door: relays.setdefault(door, FakeRelay()),
+    )  # fmt: skip
+    watcher = Watcher(mosquitto.host, mosquitto.port)
+    try:
+        service.bridge.start()
+        assert service.bridge.mqtt.connected.wait(10)
+        fill(settings.data_dir)
+        service.start_cameras()
+        assert service.wait(timeout=120)
+        assert service.doors["front"].stats.errors >= 1  # the audit record could not be written
+        assert service.guards.lockout.status("front").locked  # yet the failures were counted
+        assert wait_until(lambda: b"ON" in watcher.payloads("facelock/front/problem"), 10)
+        reasons = json.loads(watcher.payloads("facelock/front/problem/attributes")[-1])["reasons"]
+        assert any("No space left on device" in r or "MB free" in r for r in reasons), reasons
+        assert "unlock" not in relays["front"].calls and service.bridge.locks["front"].state == "LOCKED"
+    finally:
+        service.stop()
+        watcher.close()

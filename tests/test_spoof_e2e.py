@@ -110,7 +110,7 @@ def enrolled_frame(tmp_path, shared_data, mosquitto) -> tuple[object, np.ndarray
     """Settings with the motion gate off (so every frame reaches the decision path; with it on, a
     frozen picture shows no motion and never even reaches recognition), liveness off (so stream
     sanity alone is tested), s0001 enrolled, and one of s0001's live frames from another session."""
-    settings = make_settings(tmp_path, mosquitto, gate={"enabled": False}, liveness={"models": tmp_path / "none"})
+    settings = make_settings(tmp_path, mosquitto, gate={"enabled": False}, liveness={"models": tmp_path / "none", "required": False})
     enroll(settings, shared_data, PERSON, "01")
     return settings, read_image(nuaa_frames(shared_data, PERSON, "02")[0])
 
@@ -135,7 +135,7 @@ def test_a_frozen_stream_of_an_enrolled_frame_never_unlocks(enrolled_frame, tmp_
 
 
 def test_a_frozen_stream_at_default_settings_never_reaches_recognition(tmp_path, shared_data, mosquitto):
-    settings = make_settings(tmp_path, mosquitto, liveness={"models": tmp_path / "none"})
+    settings = make_settings(tmp_path, mosquitto, liveness={"models": tmp_path / "none", "required": False})
     enroll(settings, shared_data, PERSON, "01")
     frame = read_image(nuaa_frames(shared_data, PERSON, "02")[0])
     events, relay, states, _ = replay_watched(

@@ -145,7 +145,9 @@ class GateConfig(Section):
 
 
 class ExportConfig(Section):
-    opset: int = Field(17, ge=11, le=21)
+    opset: int = Field(
+        18, ge=18, le=21, description="ONNX opset of the embedder; the torch.export-based exporter writes 18 or later."
+    )
     parity_images: int = Field(64, ge=1, description="Real crops compared between PyTorch and ONNX Runtime.")
     min_cosine: float = Field(0.9999, gt=0, le=1, description="Least PyTorch/ONNX cosine on every crop.")
     name: str = Field("facelock-mobilefacenet", description="Bundle name in the manifest.")

@@ -9,9 +9,11 @@ manifest fingerprint changes with the embedder file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from .model import MEAN, STD, embed
 log = logging.getLogger(__name__)
 
 EMBEDDER_FILE = "embedder.onnx"
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 # The backbone's input convention, stated in the manifest so the service feeds it the same way.
 INPUT_SPEC = InputSpec(color="rgb", mean=MEAN, std=STD, size=(112, 112))
 
@@ -53,18 +56,36 @@ class Served(nn.Module):
         return F.normalize(self.backbone(x), dim=1)
 
 
-def export_onnx(backbone: nn.Module, path: Path, opset: int) -> None:
-    """ONNX graph with a dynamic batch dimension, input NCHW float RGB normalised as INPUT_SPEC."""
+def export_onnx(backbone: nn.Module, path: Path, opset: int) -> torch.onnx.ONNXProgram:
+    """ONNX graph with a dynamic batch dimension, input NCHW float RGB normalised as INPUT_SPEC.
+
+    torch.export-based exporter (onnxscript, in the training extra): the TorchScript one is
+    deprecated since torch 2.9. It writes opset 18 or later (asked for 17, its down-conversion
+    fails and leaves 18), hence ExportConfig.opset >= 18; weights stay inside the one file.
+    """
     served = Served(backbone).eval()
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated but needs no extra packages (the dynamo one
-        # needs onnxscript) and handles this plain convolutional graph exactly.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            served, (torch.zeros(1, 3, 112, 112),), str(path), dynamo=False, opset_version=opset,
-            input_names=["input"], output_names=["embedding"],
-            dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+    with _quiet(EXPORTER_LOGGERS), warnings.catch_warnings():
+        # torch.export's own pytree code warns about its own internals (torch 2.13), not our graph.
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+        return torch.onnx.export(
+            served, (torch.zeros(1, 3, 112, 112),), str(path), dynamo=True, opset_version=opset,
+            input_names=["input"], output_names=["embedding"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False, verbose=False,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """The exporter's own loggers at ERROR for the export: a line per graph rewrite otherwise."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def check_parity(backbone: nn.Module, bundle: Bundle, crops: np.ndarray, min_cosine: float) -> float:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facelock_mqtt import models as models_package
 from facelock_mqtt.guards import liveness
 from facelock_mqtt.guards.liveness_motion import pair_evidence, temporal_from_pairs
 from facelock_mqtt.models.default_bundle import default_bundle
@@ -71,7 +72,8 @@ class Attempt:
 def provisional_point() -> liveness.OperatingPoint:
     """A point that only identifies the weights, so the models load before one is chosen."""
     return liveness.OperatingPoint(
-        threshold=0.5, temporal_weight=0.0, rigid_lift=1.0, min_motion=1.0, chosen_on="provisional",
+        threshold=0.5, temporal_weight=0.0, rigid_lift=1.0, min_motion=1.0, min_life_motion=1.0,
+        chosen_on="provisional", life_chosen_on="provisional",
         weights_sha256={s.name: s.weights_sha256 for s in liveness.MODELS},
     )
 
@@ -225,13 +227,13 @@ def pad_smoke(pad: Path, engine: FaceEngine, model: liveness.LivenessModel) -> l
             lines.append(f"{path.parent.name}/{path.name}: no face")
             continue
         face = max(faces, key=frontal_rank)
-        result = model.assess([(image, face)])
-        lines.append(f"{path.parent.name}/{path.name}: score {result.score:.3f} -> {'live' if result.live else 'spoof'}")
+        score = model.cnn_score(image, face.box)  # one frame shows no motion: the CNN alone is judged
+        lines.append(f"{path.parent.name}/{path.name}: CNN {score:.3f} -> {'live' if score >= model.point.threshold else 'spoof'}")
     return lines
 
 
 def calibration_path() -> Path:
-    return Path(str(resources.files("facelock_mqtt").joinpath(liveness.CALIBRATION_FILE)))
+    return Path(str(resources.files(models_package).joinpath(liveness.CALIBRATION_FILE)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,6 +274,12 @@ def run(args: argparse.Namespace) -> int:
         if args.pad:
             print("pad_samples (single frame):\n" + "\n".join(pad_smoke(args.pad, engine, model)))
     if args.write_calibration:
+        shipped = liveness.load_operating_point()  # keeps what training/liveness_life.py chose
+        life = {k: v for k, v in shipped.measured.items() if k.startswith("life_")}
+        point = point.model_copy(update={
+            "min_life_motion": shipped.min_life_motion, "life_chosen_on": shipped.life_chosen_on,
+            "measured": {**point.measured, **life},
+        })
         calibration_path().write_text(point.model_dump_json(indent=2) + "\n")
         print(f"wrote {calibration_path()}")
     return 0

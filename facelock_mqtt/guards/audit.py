@@ -74,10 +74,13 @@ class AuditRecord:
         return dataclasses.asdict(self)
 
 
+UNOPENABLE = "unopenable"
+
+
 @dataclass(frozen=True)
 class AuditProblem:
     seq: int  # the record concerned (for a gap or a truncated tail: the first missing one)
-    kind: str  # edited, missing, chain_break, out_of_order, truncated, anchor, witness, unreadable
+    kind: str  # edited, missing, chain_break, out_of_order, truncated, anchor, witness, unreadable, unopenable
     detail: str
 
 
@@ -93,7 +96,18 @@ class AuditReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def checked(self) -> bool:
+        """False when the trail could not be opened at all: nothing is known about it."""
+        return not any(p.kind == UNOPENABLE for p in self.problems)
+
     def summary(self) -> str:
+        if not self.checked:
+            why = "; ".join(p.detail for p in self.problems)
+            return (
+                f"cannot open the audit trail ({why}): nothing was verified. A read-only data folder needs "
+                "the trail's -wal and -shm files beside it (copy the whole folder), or a writable copy"
+            )
         if self.ok:
             span = f"records {self.first_seq}..{self.last_seq}" if self.records else "no records"
             return f"audit trail intact: {self.records} {span}; head {self.head_hash}"
@@ -176,6 +190,7 @@ class AuditLog:
             self._conn.close()
             raise AuditError(f"the audit trail {self.path} is not a usable SQLite database: {exc}") from exc
         self._last_prune = -math.inf
+        self.write_error: str | None = None  # the last append's failure (a full disk), None once one works
         self.prune()
 
     def append(
@@ -200,7 +215,9 @@ class AuditLog:
                 self._conn.execute("COMMIT")
             except (sqlite3.Error, AuditError, ValueError) as exc:
                 self._rollback()
-                raise AuditError(f"could not append to the audit trail {self.path}: {exc}") from exc
+                self.write_error = f"could not append to the audit trail {self.path}: {exc}"
+                raise AuditError(self.write_error) from exc
+            self.write_error = None
             return record
 
     def _insert(self, event_type: str, camera: str | None, person: str | None, details: dict) -> AuditRecord:
@@ -335,6 +352,10 @@ def _verify(conn: sqlite3.Connection, witness: tuple[int, str] | None) -> AuditR
         rows = conn.execute("SELECT seq, ts, prev_hash, hash, body FROM records ORDER BY seq").fetchall()
         anchor_seq, anchor_hash = int(meta["anchor_seq"]), meta["anchor_hash"]
         head_seq, head_hash = int(meta["head_seq"]), meta["head_hash"]
+    except sqlite3.OperationalError as exc:
+        # Could not even read (a read-only folder without the WAL's -shm file, a lock, a
+        # permission): nothing was checked, which is not evidence of tampering.
+        return AuditReport(0, None, None, None, (AuditProblem(0, UNOPENABLE, f"{exc}"),))
     except (sqlite3.Error, KeyError, ValueError) as exc:
         return AuditReport(0, None, None, None, (AuditProblem(0, "unreadable", f"{exc}"),))
     problems = _check_chain(rows, anchor_seq, anchor_hash)

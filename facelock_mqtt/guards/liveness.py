@@ -36,7 +36,7 @@ from .. import models as models_package  # the calibration data of every model l
 from ..errors import BundleError, ImageError
 from ..models.bundle import open_session, read_json_model, verify_digest, write_json_atomic
 from ..models.modelprep import sha256_file
-from .liveness_motion import FaceLike, pair_evidence, temporal_from_pairs
+from .liveness_motion import FaceLike, face_motion, pair_evidence, temporal_from_pairs
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ CALIBRATION_FILE = "liveness_calibration.json"
 LIVE_CLASS = 1
 INPUT_SIZE = 80
 WEIGHTS_URL = "https://raw.githubusercontent.com/minivision-ai/Silent-Face-Anti-Spoofing/master/resources/anti_spoof_models/"
+# A recognised attempt whose face has not moved yet may wait for frames up to this many: a live
+# face moves within a few frames, a picture never does (at 10 fps with k = 2: at most 0.3 s more).
+LIFE_MAX_FRAMES = 5
 STATUS_OFF = "off: MiniFASNet models not installed (see docs/LIVENESS.md)"
 
 
@@ -95,7 +98,11 @@ class OperatingPoint(_Closed):
     temporal_weight: float = Field(ge=0.0, le=1.0)
     rigid_lift: float = Field(ge=-1.0, le=2.0, description="Surround lift above which a frame pair moved as a print.")
     min_motion: float = Field(gt=0.0, description="Landmark motion / eye distance below which there is no evidence.")
+    min_life_motion: float = Field(
+        gt=0.0, le=1.0, description="Face motion (face widths, liveness_motion.face_motion) below which the face did not move."
+    )
     chosen_on: str
+    life_chosen_on: str = Field(description="How min_life_motion was measured (training/liveness_life.py).")
     weights_sha256: dict[str, str]
     measured: dict[str, float] = Field(default_factory=dict)
 
@@ -107,6 +114,7 @@ class LivenessResult:
     cnn_score: float  # mean CNN live probability over the frames
     temporal_score: float | None  # None: too few frames or too little motion to judge
     reasons: tuple[str, ...]
+    life_motion: float | None = None  # how far the face itself moved (face widths); None: not measurable
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -208,16 +216,30 @@ class LivenessModel:
     def assess(self, frames: Sequence[tuple[np.ndarray, FaceLike]]) -> LivenessResult:
         """Live or spoof for an attempt's frames (image, face), from the CNN and the motion.
 
-        Fails secure: frames that cannot be judged (bad box, degenerate landmarks) are a spoof.
+        Fails secure: frames that cannot be judged (bad box, degenerate landmarks) are a spoof, and
+        so is a face that did not move (a still picture fed as a stream), whatever the CNN says.
         """
         if not frames:
             return LivenessResult(False, 0.0, 0.0, None, ("no frames to judge",))
         try:
             cnn = float(np.mean([self.cnn_score(image, face.box) for image, face in frames]))
             temporal = temporal_score(frames, self.point)
+            life = face_motion(frames)
         except ImageError as exc:
             return LivenessResult(False, 0.0, 0.0, None, (f"cannot judge liveness: {exc}",))
-        return decide(cnn, temporal, self.point)
+        return decide(cnn, temporal, life, self.point)
+
+    def wants_more_frames(self, frames: Sequence[tuple[np.ndarray, FaceLike]]) -> bool:
+        """Should the door wait for another frame before `assess`? Yes while the face has shown no
+        evidence of life yet and fewer than LIFE_MAX_FRAMES frames were taken; frames that cannot
+        be judged end the wait (`assess` then says spoof)."""
+        if len(frames) >= LIFE_MAX_FRAMES:
+            return False
+        try:
+            life = face_motion(frames)
+        except ImageError:
+            return False
+        return not life_reason(life, self.point)[0]
 
 
 def temporal_score(frames: Sequence[tuple[np.ndarray, FaceLike]], point: OperatingPoint) -> float | None:
@@ -237,19 +259,33 @@ def fuse(cnn: float, temporal: float | None, point: OperatingPoint) -> float:
     return cnn * (1.0 - point.temporal_weight * (1.0 - temporal))
 
 
-def decide(cnn: float, temporal: float | None, point: OperatingPoint) -> LivenessResult:
+def life_reason(life: float | None, point: OperatingPoint) -> tuple[bool, str]:
+    """(evidence of life, why): the face itself must move more than a still picture's noise does."""
+    if life is None:
+        return False, "no evidence of life: fewer than two comparable frames"
+    if not life >= point.min_life_motion:  # NaN: no evidence
+        return False, f"no evidence of life: the face did not move ({life:.4f} < {point.min_life_motion:.4f} face widths)"
+    return True, f"the face moved {life:.4f} face widths (>= {point.min_life_motion:.4f})"
+
+
+def decide(cnn: float, temporal: float | None, life: float | None, point: OperatingPoint) -> LivenessResult:
+    """Live only with evidence of life AND a fused score at the threshold: the CNN cannot outvote
+    a face that never moved, and motion alone is no proof either (a moved print moves)."""
     score = fuse(cnn, temporal, point)
-    live = bool(score >= point.threshold)  # NaN compares False: not live
-    reasons = [f"CNN live probability {cnn:.3f}"]
+    alive, why = life_reason(life, point)
+    live = alive and bool(score >= point.threshold)  # NaN compares False: not live
+    reasons = [why] if not alive else []
+    reasons.append(f"CNN live probability {cnn:.3f}")
     if temporal is None:
         reasons.append("too little motion for the temporal cue")
     elif temporal < 0.5:
         reasons.append(f"surroundings moved with the face like a held print (live-like share {temporal:.2f})")
     else:
         reasons.append(f"face moved against a still background (live-like share {temporal:.2f})")
-    verdict = ">=" if live else "<"
-    reasons.append(f"liveness score {score:.3f} {verdict} threshold {point.threshold:.3f}")
-    return LivenessResult(live, float(score), float(cnn), temporal, tuple(reasons))
+    reasons.append(f"liveness score {score:.3f} {'>=' if score >= point.threshold else '<'} threshold {point.threshold:.3f}")
+    if alive:
+        reasons.append(why)
+    return LivenessResult(live, float(score), float(cnn), temporal, tuple(reasons), life)
 
 
 def load_liveness(folder: Path | None, threads: int = 1) -> LivenessModel | None:

@@ -104,3 +104,66 @@ def temporal_from_pairs(
     """
     evidence = [lift < rigid_lift for motion, lift in pairs if motion >= min_motion and lift is not None]
     return float(np.mean(evidence)) if len(evidence) >= MIN_PAIRS else None
+
+
+# --- evidence of life: did the face itself move? -------------------------------------------------
+#
+# A still picture fed as a stream (repeated with fresh noise, something moving beside it to open
+# the motion gate) shows a face whose pixels never move; a live face always does a little (head
+# sway, breathing, blinks). YuNet's landmarks are too coarse to see it: on a repeated still they
+# jump between two solutions up to 0.14 eye distances apart (measured on NUAA frames), more than a
+# live face moves in a tenth of a second. Dense optical flow over the face sees it move by 0.4 %
+# of its width (half a pixel; training/liveness_life.py measures floor and sensitivity).
+LIFE_WIDTH = 112  # the face region is resized to this width: motion comes out in face widths
+LIFE_BLUR = 1.5  # suppresses pixel noise (JPEG, sensor) before the flow; a shift survives a blur
+LIFE_LOCAL = 4.0  # window (pixels of the resized face) of the local contrast normalisation
+LIFE_FAR = 0.25  # landmarks this many face widths from the first frame's: the face left its region
+
+
+def _life_patch(image: np.ndarray, region: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    left, top, right, bottom = region
+    patch = cv2.GaussianBlur(cv2.resize(_grey(image[top:bottom, left:right]), size, interpolation=cv2.INTER_AREA), (0, 0), LIFE_BLUR)
+    # Local contrast normalisation: an exposure step or a flicker changes brightness and contrast,
+    # not where the edges are (measured: a x1.1 step read as motion on 1 of 17 faces without it).
+    detail = patch - cv2.GaussianBlur(patch, (0, 0), LIFE_LOCAL)
+    detail /= np.sqrt(cv2.GaussianBlur(detail * detail, (0, 0), LIFE_LOCAL) + 4.0)
+    return np.ascontiguousarray(np.clip(128.0 + 40.0 * detail, 0, 255).astype(np.uint8))
+
+
+def _face_region(box: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    height, width = shape[:2]
+    x, y, w, h = (float(v) for v in box)
+    region = (int(max(x, 0)), int(max(y, 0)), int(min(x + w, width)), int(min(y + h, height)))
+    if region[2] - region[0] < 8 or region[3] - region[1] < 8:
+        raise ImageError(f"face box {np.round(box, 1).tolist()} leaves too little of the face in the frame")
+    return region
+
+
+def face_motion(frames: Sequence[tuple[np.ndarray, FaceLike]]) -> float | None:
+    """How far the face itself moved during the attempt, in face widths: the largest shift, over
+    the later frames, of the first frame's face region (median dense-flow vector, so a hand or a
+    rectangle over part of the face does not count, and incoherent pixel noise cancels out).
+
+    None when fewer than two frames of one resolution can be compared: no evidence of life.
+    """
+    if len(frames) < 2:
+        return None
+    image0, face0 = frames[0]
+    region = _face_region(np.asarray(face0.box), image0.shape)
+    scale = LIFE_WIDTH / (region[2] - region[0])
+    size = (LIFE_WIDTH, max(8, round((region[3] - region[1]) * scale)))
+    reference = _life_patch(image0, region, size)
+    start = np.asarray(face0.landmarks, dtype=np.float64).reshape(5, 2)
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # per call: doors run in threads
+    motions = []
+    for image, face in frames[1:]:
+        if image.shape != image0.shape:
+            continue  # a resolution change mid-attempt: nothing to compare
+        field = flow.calc(reference, _life_patch(image, region, size), None)
+        shift = float(np.hypot(*np.median(field.reshape(-1, 2), axis=0))) / LIFE_WIDTH
+        # A face that moved out of the first frame's region leaves the flow nothing to follow;
+        # its landmarks (jitter far below LIFE_FAR on a still) then say how far it went.
+        landmarks = np.asarray(face.landmarks, dtype=np.float64).reshape(5, 2)
+        travel = float(np.sqrt(((landmarks - start) ** 2).sum(axis=1).mean())) * scale / LIFE_WIDTH
+        motions.append(max(shift, travel) if travel >= LIFE_FAR else shift)
+    return max(motions) if motions else None

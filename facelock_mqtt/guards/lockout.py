@@ -81,6 +81,8 @@ class Lockout:
         self._lock = threading.Lock()
         self._doors: dict[str, _DoorState] = {}
         self._unknown_until = 0.0  # set when the state file is unreadable: all doors locked
+        self._pins: dict[str, tuple[int, float]] = {}  # door -> (wrong PINs in a row, blocked until)
+        self.save_error: str | None = None  # the last save's failure (a full disk), None once one works
         self._load()
 
     def status(self, door: str) -> LockoutStatus:
@@ -138,6 +140,21 @@ class Lockout:
             self._save()
             return events
 
+    # --- the lock's PIN-guessing block (homeassistant.lock.PinStore), kept in the same file ---
+
+    def pin_state(self, door: str) -> tuple[int, float]:
+        """(wrong PINs in a row, wall-clock end of the block) of `door`, as last saved."""
+        with self._lock:
+            return self._pins.get(door, (0, 0.0))
+
+    def save_pin_state(self, door: str, failures: int, blocked_until: float) -> None:
+        with self._lock:
+            if failures or blocked_until > self._now():
+                self._pins[door] = (int(failures), float(blocked_until))
+            else:
+                self._pins.pop(door, None)
+            self._save()
+
     def _start_lockout(self, door: str, state: _DoorState, now: float) -> LockoutEvent:
         duration = min(self._settings.base_s * 2.0 ** min(state.level, _MAX_LEVEL), self._settings.max_s)
         state.level = min(state.level + 1, _MAX_LEVEL)
@@ -168,11 +185,12 @@ class Lockout:
                 raise ValueError(f"unknown version {raw.get('version')!r}")
             self._doors = {str(d): _parse_door(s) for d, s in raw["doors"].items()}
             self._unknown_until = _finite(raw["all_locked_until"])
+            self._pins = {str(d): (int(n), _finite(until)) for d, (n, until) in raw.get("pins", {}).items()}
         except (StorageError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self._fail_secure(f"{type(exc).__name__}: {exc}")
 
     def _fail_secure(self, why: str) -> None:
-        self._doors = {}
+        self._doors, self._pins = {}, {}
         self._unknown_until = self._now() + self._settings.max_s
         kept = self._path.with_name(self._path.name + ".corrupt")
         log.error(
@@ -188,11 +206,14 @@ class Lockout:
     def _save(self) -> None:
         doors = {d: asdict(s) for d, s in self._doors.items() if s != _DoorState()}
         try:
-            state = {"version": _VERSION, "all_locked_until": self._unknown_until, "doors": doors}
+            state = {"version": _VERSION, "all_locked_until": self._unknown_until, "doors": doors, "pins": self._pins}
             write_private(self._path, json.dumps(state).encode())
         except StorageError as exc:
-            # The in-memory state still holds; only a restart would lose it.
-            log.error("could not save the lockout state: %s", exc)
+            # The in-memory state still holds (failures keep counting); only a restart would lose it.
+            self.save_error = f"could not save the lockout state: {exc}"
+            log.error("%s", self.save_error)
+        else:
+            self.save_error = None
 
 
 def _finite(value: Any) -> float:

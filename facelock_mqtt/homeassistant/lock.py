@@ -47,6 +47,14 @@ COMMAND_TEMPLATE = '{"action": "{{ value }}", "code": "{{ code }}"}'
 MAX_COMMAND_BYTES = 256
 PIN_TRIES = 5  # wrong PINs in a row before remote unlock is blocked
 PIN_BLOCK_S, PIN_BLOCK_MAX_S = 60.0, 3600.0
+# What a refused remote action tells the user (the event on the door's event entity and the log).
+REFUSALS = {
+    "no_pin_set": "no PIN is set: set lock.pin (Home Assistant then asks for it), or set "
+    "lock.allow_remote_without_pin: true to let any MQTT client that can publish here do this",
+    "code_missing": "this door needs its PIN",
+    "wrong_code": "wrong PIN",
+    "pin_blocked": "too many wrong PINs: remote unlock is blocked for a while",
+}
 
 
 def lock_discovery(topics: Topics, door: str, unique_id: str, pin_required: bool) -> dict[str, Any]:
@@ -82,9 +90,8 @@ class CommandRejected(ValueError):
         self.reason = reason
 
 
-def parse_command(payload: bytes, pin: SecretStr | None) -> Command:
-    """Accept exactly `LOCK`/`UNLOCK`/`OPEN` or `{"action": ..., "code": ...}`; with a PIN set,
-    UNLOCK and OPEN need the right code (LOCK never does: locking cannot open a door)."""
+def parse_command(payload: bytes) -> tuple[Command, str | None]:
+    """The whitelist: exactly `LOCK`/`UNLOCK`/`OPEN` or `{"action": ..., "code": ...}`."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandRejected("too_large")
     try:
@@ -92,17 +99,43 @@ def parse_command(payload: bytes, pin: SecretStr | None) -> Command:
     except UnicodeDecodeError:
         raise CommandRejected("not_utf8") from None
     if text in Command.__members__:
-        command, code = Command(text), None
-    elif text.startswith("{"):
-        command, code = _parse_json_command(text)
-    else:
+        return Command(text), None
+    if text.startswith("{"):
+        return _parse_json_command(text)
+    raise CommandRejected("unknown")
+
+
+def parse_clear(payload: bytes) -> str | None:
+    """The lockout-clear button's `PRESS`, or `{"action": "PRESS", "code": "<PIN>"}` from an
+    automation when a PIN is set; returns the code (None for a bare PRESS)."""
+    if payload == b"PRESS":
+        return None
+    if len(payload) > MAX_COMMAND_BYTES or not payload.startswith(b"{"):
         raise CommandRejected("unknown")
-    if pin is not None and command is not Command.LOCK:
-        if code in (None, "", "None"):  # HA renders a missing code as "None"
-            raise CommandRejected("code_missing")
-        if not hmac.compare_digest(code.encode(), pin.get_secret_value().encode()):
-            raise CommandRejected("wrong_code")
-    return command
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise CommandRejected("bad_json") from None
+    if not isinstance(data, dict) or data.get("action") != "PRESS" or not set(data) <= {"action", "code"}:
+        raise CommandRejected("bad_fields")
+    code = data.get("code")
+    if code is not None and not isinstance(code, str):
+        raise CommandRejected("bad_fields")
+    return code
+
+
+def check_authority(code: str | None, settings: LockSettings) -> None:
+    """Whether a remote action that can open the door (UNLOCK, OPEN, clearing a lockout) may
+    proceed: with a PIN set, only with the right code; without one, only when the user has
+    explicitly allowed remote actions without a PIN. LOCK never needs authority."""
+    if settings.pin is None:
+        if not settings.allow_remote_without_pin:
+            raise CommandRejected("no_pin_set")
+        return
+    if code in (None, "", "None"):  # HA renders a missing code as "None"
+        raise CommandRejected("code_missing")
+    if not hmac.compare_digest(code.encode(), settings.pin.get_secret_value().encode()):
+        raise CommandRejected("wrong_code")
 
 
 def _parse_json_command(text: str) -> tuple[Command, str | None]:
@@ -128,13 +161,31 @@ class Relay(Protocol):
     def lock(self) -> None: ...
 
 
+class PinStore(Protocol):
+    """Keeps a door's wrong-PIN count and block (wall-clock end) across restarts (the lockout
+    guard's state file); without one, a restart would reset the guessing block."""
+
+    def pin_state(self, door: str) -> tuple[int, float]: ...
+
+    def save_pin_state(self, door: str, failures: int, blocked_until: float) -> None: ...
+
+
 StateCallback = Callable[[str, LockState], None]
+RefusalCallback = Callable[[str, str, str], None]  # (door, action, reason key)
 
 
 class DoorLock:
     """One door's lock. Thread-safe: MQTT commands, face decisions and timers may race."""
 
-    def __init__(self, door: str, settings: LockSettings, relay: Relay, on_state: StateCallback | None = None) -> None:
+    def __init__(
+        self,
+        door: str,
+        settings: LockSettings,
+        relay: Relay,
+        on_state: StateCallback | None = None,
+        pin_store: PinStore | None = None,
+        on_refused: RefusalCallback | None = None,
+    ) -> None:
         self.door = door
         self.rejected: Counter[str] = Counter()
         self._settings = settings
@@ -145,8 +196,9 @@ class DoorLock:
         self._generation = 0  # bumped on every lock/unlock so that earlier timers do nothing
         self._timer: threading.Timer | None = None
         self._closed = False
-        self._pin_failures = 0
-        self._pin_blocked_until = 0.0
+        self._pin_store = pin_store
+        self._on_refused = on_refused
+        self._pin_failures, self._pin_blocked_until = pin_store.pin_state(door) if pin_store else (0, 0.0)
         self.lock("start")  # fail secure: whatever the relay was doing, start locked
 
     @property
@@ -167,11 +219,13 @@ class DoorLock:
         return self._release(Command.UNLOCK, f"{person} ({reason})")
 
     def handle_command(self, payload: bytes, retained: bool = False) -> Command | None:
-        """A command from MQTT: whitelisted, PIN-checked, never taken from a retained message."""
+        """A command from MQTT: whitelisted, authority-checked, never taken from a retained message."""
         try:
             if retained:
                 raise CommandRejected("retained")
-            command = self._parse(payload)
+            command, code = parse_command(payload)
+            if command is not Command.LOCK:
+                self.authorize(code, command.value)
         except CommandRejected as exc:
             self.rejected[exc.reason] += 1
             log.warning("door %s: ignored a lock command (%s, %d bytes)", self.door, exc.reason, len(payload))
@@ -182,27 +236,42 @@ class DoorLock:
             self._release(command, "remote command")
         return command
 
-    def _parse(self, payload: bytes) -> Command:
-        """After PIN_TRIES wrong PINs in a row, refuse remote UNLOCK/OPEN (even with the right PIN)
-        for PIN_BLOCK_S, doubling on each further wrong PIN; the face path is not affected."""
-        with self._mutex:
-            try:
-                command = parse_command(payload, self._settings.pin)
-            except CommandRejected as exc:
-                if exc.reason == "wrong_code":
-                    self._pin_failures += 1
-                    if self._pin_failures >= PIN_TRIES:
-                        block = min(PIN_BLOCK_S * 2 ** min(self._pin_failures - PIN_TRIES, 6), PIN_BLOCK_MAX_S)
-                        self._pin_blocked_until = time.monotonic() + block
-                        log.warning(
-                            "door %s: %d wrong PINs; remote unlock blocked %.0f s", self.door, self._pin_failures, block
-                        )
-                raise
-            if command is not Command.LOCK and self.pin_required:
-                if time.monotonic() < self._pin_blocked_until:
-                    raise CommandRejected("pin_blocked")
-                self._pin_failures = 0
-            return command
+    def authorize(self, code: str | None, action: str) -> None:
+        """Raise CommandRejected unless a remote `action` that can open the door may proceed.
+
+        After PIN_TRIES wrong PINs in a row, even the right PIN is refused for PIN_BLOCK_S,
+        doubling on each further wrong PIN; the count and block survive restarts (PinStore).
+        The face path is never affected. Every refusal is reported to `on_refused`.
+        """
+        try:
+            with self._mutex:
+                self._authorize(code)
+        except CommandRejected as exc:
+            if exc.reason in REFUSALS and self._on_refused is not None:
+                self._on_refused(self.door, action, exc.reason)
+            raise
+
+    def _authorize(self, code: str | None) -> None:
+        if self.pin_required and time.time() < self._pin_blocked_until:
+            raise CommandRejected("pin_blocked")
+        try:
+            check_authority(code, self._settings)
+        except CommandRejected as exc:
+            if exc.reason == "wrong_code":
+                self._pin_failures += 1
+                if self._pin_failures >= PIN_TRIES:
+                    block = min(PIN_BLOCK_S * 2 ** min(self._pin_failures - PIN_TRIES, 6), PIN_BLOCK_MAX_S)
+                    self._pin_blocked_until = time.time() + block
+                    log.warning("door %s: %d wrong PINs; remote unlock blocked %.0f s", self.door, self._pin_failures, block)
+                self._save_pin_state()
+            raise
+        if self._pin_failures:
+            self._pin_failures = 0
+            self._save_pin_state()
+
+    def _save_pin_state(self) -> None:
+        if self._pin_store is not None:
+            self._pin_store.save_pin_state(self.door, self._pin_failures, self._pin_blocked_until)
 
     def lock(self, why: str = "") -> bool:
         """Secure the door now; cancels any pending relock. False (state JAMMED) if the relay failed."""

@@ -9,6 +9,8 @@ FaceLock's own topics hang off one base (default `facelock`):
     <base>/<door>/motion                  ON / OFF (retained)
     <base>/<door>/image                   JPEG of the last decision (retained)
     <base>/<door>/sensor/<name>           one sensor value (retained)
+    <base>/<door>/problem                 ON / OFF: something stops this door from working (retained)
+    <base>/<door>/problem/attributes      {"reasons": [...]}: what, in words (retained)
     <base>/<door>/lockout/clear           PRESS clears a lockout (never retained)
 
 Home Assistant's side: discovery configs on `<prefix>/<component>/<node>/<object>/config`
@@ -67,6 +69,12 @@ class Topics:
 
     def sensor(self, door: str, name: str) -> str:
         return f"{self.door(door)}/sensor/{_check(_ID, name, 'sensor name')}"
+
+    def problem(self, door: str) -> str:
+        return f"{self.door(door)}/problem"
+
+    def problem_attributes(self, door: str) -> str:
+        return f"{self.problem(door)}/attributes"
 
     def lockout_clear(self, door: str) -> str:
         return f"{self.door(door)}/lockout/clear"

@@ -71,10 +71,23 @@ def shipped_calibration() -> Calibration | None:
 
 
 def build_default_bundle(target: Path) -> Bundle:
+    """Build into a sibling folder and rename it into place: the finished bundle appears at once,
+    and a failure (a full disk, say) leaves no half-built folder behind."""
     sources = verified_sources()
     work = target.with_name(target.name + ".building")
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    try:
+        work.mkdir(parents=True)
+        _build(sources, work)
+        shutil.rmtree(target, ignore_errors=True)
+        work.replace(target)
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise BundleError(f"cannot build the default model bundle in {target.parent}: {exc.strerror or exc}") from exc
+    return load_bundle(target)
+
+
+def _build(sources: dict[str, Path], work: Path) -> None:
     # YuNet is fully convolutional: free its height and width; SFace gets a free batch size.
     prepare_model(sources[YUNET], work / "yunet.onnx", {2: "height", 3: "width"}, {1: "anchors"})
     prepare_model(sources[SFACE], work / "sface.onnx", {0: "batch"}, {0: "batch"})
@@ -88,9 +101,6 @@ def build_default_bundle(target: Path) -> Bundle:
         calibration=shipped_calibration(),
     )
     write_bundle(work, manifest)
-    shutil.rmtree(target, ignore_errors=True)
-    work.replace(target)  # the finished folder appears at once, never half-built
-    return load_bundle(target)
 
 
 def default_bundle(data_dir: Path) -> Bundle:

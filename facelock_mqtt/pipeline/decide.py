@@ -28,12 +28,13 @@ class Observation:
     reason: str
     landmarks: np.ndarray | None
     box: np.ndarray | None
+    candidate: str | None = None  # best-scoring enrolled person, accepted or not
 
 
 @dataclass(frozen=True)
 class Decision:
     outcome: str  # "recognized" or "denied"
-    person: str | None
+    person: str | None  # the recognised person; None on every denial, whoever came closest
     reason: str
     score: float | None  # best score of the decisive person (or of the attempt)
     threshold: float
@@ -43,6 +44,7 @@ class Decision:
     started: float
     ended: float
     observations: tuple[Observation, ...] = field(repr=False)
+    candidate: str | None = None  # whose template gave `score`: on a denial, who the face came closest to
 
     @property
     def failed(self) -> bool:
@@ -61,6 +63,7 @@ def observe(identification: Identification, t: float) -> Observation:
         reason=identification.reason,
         landmarks=None if result is None else result.face.landmarks,
         box=None if result is None else result.face.box,
+        candidate=None if match is None else match.person,
     )
 
 
@@ -114,12 +117,13 @@ class Attempt:
         return f"{matched} of {len(usable)} usable frames matched, {self.settings.k} needed"
 
     def _end(self, outcome: str, person: str | None, reason: str, now: float) -> Decision:
-        relevant = [o.score for o in self.observations if o.score is not None and (person is None or o.person == person)]
+        relevant = [o for o in self.observations if o.score is not None and (person is None or o.person == person)]
+        best = max(relevant, key=lambda o: o.score) if relevant else None
         return Decision(
             outcome=outcome,
             person=person,
             reason=reason,
-            score=max(relevant) if relevant else None,
+            score=None if best is None else best.score,
             threshold=self.threshold,
             target_far=self.target_far,
             frames_used=sum(o.usable for o in self.observations),
@@ -127,4 +131,5 @@ class Attempt:
             started=self.observations[0].t,
             ended=now,
             observations=tuple(self.observations),
+            candidate=person if best is None else best.candidate or person,
         )

@@ -18,6 +18,13 @@ from ..models.bundle import Bundle, InputSpec
 
 STRIDES = (8, 16, 32)
 NMS_IOU = 0.4
+# A photo more than LARGE_RATIO times detect_size (12000 px vs 640) would shrink a face of a
+# normal size below what the detector finds. Such a photo is searched in tiles of a copy scaled
+# to WORK_RATIO x detect_size, then each face is detected again in a full-resolution crop
+# CROP_RATIO times its size, for landmarks as precise as in a photo of normal size.
+LARGE_RATIO = 8
+WORK_RATIO = 4
+CROP_RATIO = 2.5
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,11 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, min_score
     return [Face(boxes[i].astype(np.float32), landmarks[i].astype(np.float32), float(scores[i])) for i in order]
 
 
+def _stack(parts: list[tuple]) -> tuple:
+    """One (boxes, scores, landmarks) from several."""
+    return tuple(np.concatenate(group) for group in zip(*parts, strict=True))
+
+
 @functools.lru_cache(maxsize=64)
 def _grid(height: int, width: int, stride: int, anchors: int) -> tuple[np.ndarray, np.ndarray]:
     """Cell column and row of each output (read-only: one copy serves every frame of a size)."""
@@ -98,16 +110,55 @@ class _OnnxDetector:
             offset[:] = (x, y)
         if image.size == 0:
             return []
+        if max(image.shape[:2]) > LARGE_RATIO * self.size:
+            faces = self._detect_large(image)
+        else:
+            faces = _nms(*self._raw(image), self.min_score)
+        if not offset.any():
+            return faces
+        return [Face(f.box + np.r_[offset, 0, 0].astype(np.float32), f.landmarks + offset, f.score) for f in faces]
+
+    def _raw(self, image: np.ndarray, origin: tuple[float, float] = (0.0, 0.0), scale: float = 1.0) -> tuple:
+        """Boxes, scores and landmarks before NMS, in the coordinates of the image `image` was cut
+        from at `origin` and then scaled by `scale`."""
         # Never upscale a small crop past its own size: it only adds cost.
         size = min(self.size, max(image.shape[:2]) + 31)
-        tensor, scale = _to_tensor(image, self.spec, size)
+        tensor, tensor_scale = _to_tensor(image, self.spec, size)
         outputs = self.session.run(None, {self.input_name: tensor})
         boxes, scores, landmarks = self._decode(outputs, tensor.shape[2], tensor.shape[3])
-        boxes /= scale
-        landmarks /= scale
-        boxes[:, :2] += offset
-        landmarks += offset
-        return _nms(boxes, scores, landmarks, self.min_score)
+        boxes /= tensor_scale * scale
+        landmarks /= tensor_scale * scale
+        boxes[:, :2] += origin
+        landmarks += origin
+        return boxes, scores, landmarks
+
+    def _detect_large(self, image: np.ndarray) -> list[Face]:
+        """Tiles of a downscaled copy (and the whole copy, for a face that fills the photo), then
+        every face found once more in a full-resolution crop around it."""
+        scale = WORK_RATIO * self.size / max(image.shape[:2])
+        work = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        found = [self._raw(work, scale=scale)]
+        tile, step = self.size, self.size * 3 // 4  # overlapping: a face on a seam is whole in a neighbour
+        for y in range(0, max(work.shape[0] - tile, 0) + step, step):
+            for x in range(0, max(work.shape[1] - tile, 0) + step, step):
+                found.append(self._raw(work[y : y + tile, x : x + tile], (x / scale, y / scale), scale))
+        faces = _nms(*_stack(found), self.min_score)
+        if not faces:
+            return []
+        return _nms(*_stack([self._refine(image, face) for face in faces]), self.min_score)
+
+    def _refine(self, image: np.ndarray, face: Face) -> tuple:
+        """The face detected again in a full-resolution crop around it; as found when it is not."""
+        x, y, w, h = face.box
+        half = CROP_RATIO * max(w, h) / 2
+        x0, y0 = int(max(x + w / 2 - half, 0)), int(max(y + h / 2 - half, 0))
+        crop = image[y0 : int(y + h / 2 + half), x0 : int(x + w / 2 + half)]
+        boxes, scores, landmarks = self._raw(crop, (x0, y0))
+        inside = [i for i, (cx, cy) in enumerate(boxes[:, :2] + boxes[:, 2:] / 2) if x < cx < x + w and y < cy < y + h]
+        if not inside:
+            return face.box[None], np.array([face.score], np.float32), face.landmarks[None]
+        best = max(inside, key=lambda i: scores[i])
+        return boxes[best : best + 1], scores[best : best + 1], landmarks[best : best + 1]
 
     def _decode(self, outputs: list[np.ndarray], height: int, width: int) -> tuple[np.ndarray, ...]:
         raise NotImplementedError

@@ -32,8 +32,10 @@ class MatchResult:
         return self.margin is None or (self.margin > 0.0 and self.margin >= self.min_margin)
 
     def as_dict(self) -> dict:
+        """A refused match names nobody as the person; who came closest is the `candidate`."""
         return {
-            "person": self.person,
+            "person": self.person if self.accepted else None,
+            "candidate": self.person,
             "score": round(self.score, 4),
             "second_person": self.second_person,
             "second_score": None if self.second_score is None else round(self.second_score, 4),

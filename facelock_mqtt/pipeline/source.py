@@ -23,11 +23,15 @@ import numpy as np
 
 from ..errors import ConfigError, ImageError
 from ..settings import CameraSettings
-from .imageio import decode_image
+from .imageio import MAX_PIXELS, decode_image
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.5
+# OpenCV and FFmpeg print their own warnings straight to stderr, without the camera's name and
+# once per broken frame; FaceLock logs each failure itself (named, rate-limited), so they are
+# silenced unless the user set them or asked for debug logs. FFmpeg reads this at its first use.
+FFMPEG_QUIET = "-8"  # AV_LOG_QUIET
 NETWORK_TIMEOUT_MS = 5000  # open and read timeouts of network streams, so a dead camera is noticed
 _DEVICE = re.compile(r"^(/dev/video\d+|\d+)$")
 
@@ -47,6 +51,7 @@ class SourceStats:
     undecodable: int = 0  # received but could not be decoded; skipped
     skipped: int = 0  # received above the camera's fps; not decoded
     dropped: int = 0  # replaced by a newer frame before the consumer took it (stale)
+    rate_limited: int = 0  # snapshots arriving faster than the topic's rate limit; not kept
     reconnects: int = 0  # successful reopenings after a drop or a failed open
     open_failures: int = 0  # attempts to open the camera that failed
 
@@ -186,6 +191,7 @@ class OpenCVSource(FrameSource):
         if camera.url is None:
             raise ConfigError(f"camera {camera.name!r}: an OpenCV source needs a url")
         super().__init__(camera, realtime=realtime, backoff_s=backoff_s)
+        quiet_backends()
         self.url = camera.url
         self.network = "://" in self.url
         self.finite = not self.network and not _DEVICE.match(self.url)
@@ -218,7 +224,7 @@ class OpenCVSource(FrameSource):
             delay = min(delay * 2, self._backoff_max_s)
 
     def _open(self) -> cv2.VideoCapture | None:
-        reason = f"cannot open {redact(self.url)}"
+        reason = f"cannot open {redact(self.url)}{self._file_problem()}"
         try:
             capture = self._capture()
             if capture.isOpened():
@@ -229,6 +235,14 @@ class OpenCVSource(FrameSource):
         self._count("open_failures")
         self._error(reason)
         return None
+
+    def _file_problem(self) -> str:
+        """Why a video file would not open, as a suffix of the log line ("" for streams)."""
+        if not self.finite or "%" in self.url:
+            return ""
+        if not os.path.isfile(self.url):
+            return ": no such file"
+        return ": the file is empty" if os.path.getsize(self.url) == 0 else ": not a video OpenCV can decode"
 
     def _capture(self) -> cv2.VideoCapture:
         if self.network:
@@ -288,16 +302,40 @@ class _Pace:
         return max(0.0, due - time.monotonic())
 
 
+class _TokenBucket:
+    """`rate` tokens a second, up to `burst` saved: a steady camera always passes, a flood is cut
+    to `rate`. Not thread-safe (the caller holds its lock)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = burst, time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
 class MqttSnapshotSource(FrameSource):
     """JPEG snapshots from an MQTT topic (e.g. Frigate's). The MQTT layer calls push(payload)
-    from its own thread; this source's thread decodes the newest one at most `fps` times a
-    second. It opens no connection of its own: reconnecting is the MQTT client's job."""
+    from its network thread, which must stay free for other messages: push only rate-limits
+    (RATE_FACTOR x fps per topic, counted as `rate_limited`) and keeps the newest payload; this
+    source's thread checks the declared size and decodes it, at most `fps` times a second. It
+    opens no connection of its own: reconnecting is the MQTT client's job."""
+
+    RATE_FACTOR = 2.0  # snapshots taken per second at most: twice the fps leaves room for jitter
+    BURST = 10.0  # a short burst (e.g. Frigate's on a new event) passes whole, so its newest frame wins
 
     def __init__(self, camera: CameraSettings) -> None:
         if camera.mqtt_topic is None:
             raise ConfigError(f"camera {camera.name!r}: an MQTT snapshot source needs mqtt_topic")
         super().__init__(camera, realtime=True)
         self._inbox: tuple[bytes, float] | None = None
+        rate = self.RATE_FACTOR * camera.fps
+        self._bucket = _TokenBucket(rate, burst=max(self.BURST, rate))
 
     def push(self, payload: bytes) -> None:
         """Hand over one snapshot; cheap and non-blocking, safe from any thread."""
@@ -305,10 +343,14 @@ class MqttSnapshotSource(FrameSource):
             self._count("frames_read")
             self._undecodable(f"payload of type {type(payload).__name__}, not bytes")
             return
+        now = time.monotonic()
         with self._cond:
             self._counts["frames_read"] += 1
+            if not self._bucket.take(now):
+                self._counts["rate_limited"] += 1
+                return  # not even copied: a flood costs as little as it can
             self._counts["dropped"] += self._inbox is not None
-            self._inbox = (bytes(payload), time.monotonic())
+            self._inbox = (bytes(payload), now)
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -320,7 +362,7 @@ class MqttSnapshotSource(FrameSource):
                     return
                 (payload, ts), self._inbox = self._inbox, None
             limit.taken(time.monotonic())
-            image, why = decode_jpeg(payload)
+            image, why = decode_jpeg(payload, self.camera.max_snapshot_pixels)
             if image is None:
                 self._undecodable(why)
                 continue
@@ -328,15 +370,25 @@ class MqttSnapshotSource(FrameSource):
             self._deliver(image, ts)
 
 
-def decode_jpeg(payload: bytes) -> tuple[np.ndarray | None, str]:
-    """Decode a complete JPEG into BGR; (None, reason) for anything else."""
+def decode_jpeg(payload: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, str]:
+    """Decode a complete JPEG of at most `max_pixels` (its header says) into BGR; (None, reason)
+    for anything else."""
     # OpenCV 4 returns a truncated JPEG grey-filled (5 refuses it): insist on both markers.
     if payload and (not payload.startswith(b"\xff\xd8") or not payload.rstrip(b"\x00\r\n").endswith(b"\xff\xd9")):
         return None, "not a complete JPEG (start or end marker missing)"
     try:
-        return decode_image(payload), ""
+        return decode_image(payload, max_pixels), ""
     except (ImageError, cv2.error) as exc:
         return None, str(exc)
+
+
+def quiet_backends() -> None:
+    """Silence OpenCV's and FFmpeg's own stderr output, unless debugging (see FFMPEG_QUIET)."""
+    if log.isEnabledFor(logging.DEBUG):
+        return
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", FFMPEG_QUIET)
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def open_source(camera: CameraSettings, *, realtime: bool = True) -> FrameSource:

@@ -8,6 +8,7 @@ single transaction, so a crash never leaves half a person.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 import time
@@ -45,6 +46,12 @@ CREATE TABLE IF NOT EXISTS templates (
 );
 -- Templates an owner reported ("that was not me") wait here for review. Not part of the
 -- content digest: a flag cannot change who the door opens for, and old galleries keep their digest.
+-- The audit record of a change, written in the change's own transaction and deleted once the
+-- audit trail has it: a crash between the two is replayed at the next start (not digested).
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY,
+    record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reviews (
     sample_id INTEGER PRIMARY KEY REFERENCES samples(id) ON DELETE CASCADE,
     reason TEXT NOT NULL,
@@ -92,6 +99,7 @@ class Gallery:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise GalleryError(f"gallery {self.path} cannot be opened: {exc}") from exc
+        self._intent: dict | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -116,13 +124,35 @@ class Gallery:
         return digest.hexdigest()
 
     @contextmanager
+    def journaled(self, intent: dict) -> Iterator[None]:
+        """Changes made inside also write `intent` (plus the digest after the change) to the
+        journal, in their own transaction: the audit record commits with the change."""
+        self._intent = intent
+        try:
+            yield
+        finally:
+            self._intent = None
+
+    def journal(self) -> list[tuple[int, dict]]:
+        """Audit records of committed changes that the audit trail may not have yet."""
+        return [(i, json.loads(record)) for i, record in self.db.execute("SELECT id, record FROM journal ORDER BY id")]
+
+    def forget(self, entry_id: int) -> None:
+        """Drop a journal entry once the audit trail holds its record."""
+        self.db.execute("DELETE FROM journal WHERE id = ?", (entry_id,))
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise GalleryError(f"gallery {self.path} is busy or not writable: {exc}") from exc
         try:
+            before = self.db.total_changes
             yield self.db
+            if self._intent is not None and self.db.total_changes != before:
+                record = {**self._intent, "digest": self.content_digest()}  # sees this transaction
+                self.db.execute("INSERT INTO journal (record) VALUES (?)", (json.dumps(record),))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

@@ -45,14 +45,14 @@ DOCS_END = "<!-- end of options -->\n"
 
 # Top-level settings shown in the add-on UI, in UI order; a section lists its exposed fields.
 EXPOSED: dict[str, tuple[str, ...]] = {
-    "cameras": ("name", "url", "mqtt_topic", "fps"),
+    "cameras": ("name", "url", "mqtt_topic", "trusted", "fps"),
     "match": ("target_far",),
     "decision": ("k", "n", "window_s", "cooldown_s"),
-    "lock": ("relock_s", "pin"),
+    "lock": ("relock_s", "pin", "allow_remote_without_pin"),
     "lockout": ("max_failures", "base_s"),
     "gate": ("enabled",),
     "model": ("bundle",),
-    "liveness": ("models",),
+    "liveness": ("models", "required"),
     "mqtt": ("base_topic",),
     "log_level": (),
 }
@@ -73,6 +73,7 @@ LABELS: dict[str, str] = {
     "cameras.name": "Door name",
     "cameras.url": "Stream URL",
     "cameras.mqtt_topic": "Snapshot MQTT topic",
+    "cameras.trusted": "Snapshot topic is ACL-protected",
     "cameras.fps": "Frames per second",
     "match.target_far": "Target false-accept rate",
     "decision.k": "Matching frames needed (k)",
@@ -81,11 +82,13 @@ LABELS: dict[str, str] = {
     "decision.cooldown_s": "Cooldown (s)",
     "lock.relock_s": "Relock after (s)",
     "lock.pin": "PIN for remote unlock",
+    "lock.allow_remote_without_pin": "Allow remote unlock without a PIN",
     "lockout.max_failures": "Failed attempts before lockout",
     "lockout.base_s": "First lockout (s)",
     "gate.enabled": "Motion gate on",
     "model.bundle": "Model bundle folder",
     "liveness.models": "Liveness models folder",
+    "liveness.required": "Require liveness",
     "mqtt.base_topic": "Base topic",
     "log_level": "Log level",
 }
@@ -145,10 +148,12 @@ def scalar_type(info: FieldInfo) -> str:
 
 
 def _optional(info: FieldInfo, in_list: bool) -> bool:
-    """Optional in the UI: the model has no value for it, or (in a list item) a default."""
+    """Optional in the UI: the model has no value for it, or (in a list item) a default. A
+    switch is optional too: the Supervisor replaces a whole section with the user's saved one,
+    so a switch added in a later version must not make an older saved section invalid."""
     if info.is_required():
         return False
-    return in_list or info.default is None
+    return in_list or info.default is None or _unwrap(info.annotation)[0] is bool
 
 
 def _section_model(name: str) -> tuple[type[BaseModel], bool]:

@@ -100,7 +100,7 @@ class Bench:
             "gate": self.base.gate.model_copy(update={"enabled": gate}),
             "lock": {"relock_s": 1.0},
             "lockout": {"max_failures": 100},  # visits of strangers must not lock the bench out
-            "liveness": {"models": self.workdir / "no-liveness"},
+            "liveness": {"models": self.workdir / "no-liveness", "required": False},  # measures the pipeline
         }
         return load_settings(**{**values, **overrides})
 

@@ -212,7 +212,7 @@ def _child(args: argparse.Namespace) -> dict:
         mqtt={"host": args.host, "port": args.port, "client_id": f"bench_child_{os.getpid()}"},
         cameras=cameras,
         lockout={"max_failures": 100},
-        liveness={"models": args.data_dir / "no-liveness"},
+        liveness={"models": args.data_dir / "no-liveness", "required": False},
     )
     service = Service(settings)
     try:

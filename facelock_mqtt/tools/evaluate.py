@@ -119,6 +119,18 @@ def read_pairs(pairs_file: Path, root: Path) -> tuple[list[tuple[Path, Path]], n
     return pairs, np.array(same), fold_ids
 
 
+def pair_scores(embedded: Embedded, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor scores of every pair; a folder that yields none of one kind is refused
+    (a TAR needs same-person pairs, a FAR needs pairs of different people)."""
+    genuine, impostor = all_pairs_scores(embedded.embeddings, embedded.labels)
+    people = len(set(embedded.labels))
+    if not len(impostor):
+        raise FaceLockError(f"{data}: faces of only {people} identity found; needs <identity>/<image> folders of 2 or more")
+    if not len(genuine):
+        raise FaceLockError(f"{data}: no identity has two images with a face; needs 2 or more per identity")
+    return genuine, impostor
+
+
 def tar_table(genuine: np.ndarray, impostor: np.ndarray) -> dict:
     table = tar_at_far(genuine, impostor, FARS)
     return {
@@ -186,7 +198,7 @@ def _slice(bundle: Bundle, embedded: Embedded, members: np.ndarray) -> dict:
 def eval_folder(engine: FaceEngine, data: Path) -> dict:
     files = image_files(data)
     embedded, no_face = embed_unaligned(engine, files)
-    genuine, impostor = all_pairs_scores(embedded.embeddings, embedded.labels)
+    genuine, impostor = pair_scores(embedded, data)
     conditions = np.array([condition_of(p) or "" for p in embedded.paths])
     slices = {"all": _slice(engine.bundle, embedded, np.ones(len(conditions), bool))}
     for condition in sorted(set(conditions) - {""}):
@@ -219,7 +231,7 @@ def calibrate(engine: FaceEngine, data: Path, aligned: bool, model_card: str | N
     """Thresholds for each FAR the impostor count supports (rule of three)."""
     files = image_files(data)
     embedded = embed_aligned(engine, files) if aligned else embed_unaligned(engine, files)[0]
-    genuine, impostor = all_pairs_scores(embedded.embeddings, embedded.labels)
+    genuine, impostor = pair_scores(embedded, data)
     table = tar_at_far(genuine, impostor, FARS)
     thresholds = tuple(
         # float32 cosines of (near-)identical vectors can exceed 1 by a rounding step

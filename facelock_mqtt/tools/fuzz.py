@@ -1,15 +1,15 @@
 """Fuzzing (hypothesis) of every inbound MQTT payload handler and of image decoding.
 
 Targets, each with its invariants (a broken invariant is a finding; hypothesis shrinks it):
-- `parse_command` (with and without a PIN): returns a Command or raises CommandRejected; with a
-  PIN set, UNLOCK/OPEN come back only when the payload carries the PIN.
+- `parse_command` + `check_authority` (with a PIN, and with the default of no PIN and no remote
+  unlock): nothing but LOCK passes unless the payload carries the PIN.
 - `DoorLock.handle_command` (incl. retained): never raises; with a PIN the generator does not
-  know, the relay is never released and the lock stays LOCKED; without a PIN it releases only
-  for a non-retained, well-formed UNLOCK/OPEN (an oracle written from the whitelist's docs).
+  know, the relay is never released and the lock stays LOCKED; without a PIN (remote commands
+  explicitly allowed) it releases only for a non-retained, well-formed UNLOCK/OPEN (an oracle written from the whitelist's docs).
 - the bridge's inbound dispatch (`MqttConnection._on_message`, i.e. what paho calls) with
   messages on the lock-command, lockout-clear, snapshot and Home Assistant status topics and
-  on foreign topics: no handler error, no unlock, lockout cleared only by a fresh `PRESS`, a
-  snapshot handed on only when fresh and non-empty.
+  on foreign topics: no handler error, no unlock, a clear request only from a fresh `PRESS`
+  and never granted without the PIN, a snapshot handed on only when fresh and non-empty.
 - image decoding: `imageio.decode_image` returns a 3-channel uint8 image or raises ImageError;
   `source.decode_jpeg` never raises. Inputs: random bytes and mutated real JPEG/PNG files.
 
@@ -40,7 +40,7 @@ from pydantic import SecretStr
 from ..errors import ImageError
 from ..guards.lockout import Lockout
 from ..homeassistant.bridge import HomeAssistantBridge
-from ..homeassistant.lock import Command, CommandRejected, DoorLock, LockState, parse_command
+from ..homeassistant.lock import Command, CommandRejected, DoorLock, LockState, check_authority, parse_command
 from ..pipeline.imageio import decode_image
 from ..pipeline.source import MqttSnapshotSource, decode_jpeg
 from ..settings import CameraSettings, LockoutSettings, LockSettings, MqttSettings
@@ -191,16 +191,20 @@ def run_target(name: str, examples: int, strategy: st.SearchStrategy, check: Cal
 
 
 def check_parse(item: tuple[bytes, bool]) -> str:
+    """The whitelist, then the authority check, with a PIN and with the default (no PIN, no
+    remote unlock): in neither may anything but LOCK pass without the PIN."""
     payload, with_pin = item
-    pin = PIN if with_pin else None
+    settings = LockSettings(pin=PIN) if with_pin else LockSettings()
     try:
-        command = parse_command(payload, pin)
+        command, code = parse_command(payload)
+        if command is not Command.LOCK:
+            check_authority(code, settings)
     except CommandRejected as exc:
         return f"rejected:{exc.reason}"
     if not isinstance(command, Command):
         raise TypeError(f"parse_command returned {command!r}")
-    if with_pin and command is not Command.LOCK:
-        raise AssertionError(f"{payload!r} passed the PIN check without the PIN")
+    if command is not Command.LOCK:
+        raise AssertionError(f"{payload!r} passed the authority check (PIN set: {with_pin})")
     return f"accepted:{command.value}"
 
 
@@ -223,12 +227,13 @@ def authorised_without_pin(payload: bytes, retained: bool) -> bool:
 
 
 def lock_checker() -> tuple[Callable[[tuple[bytes, bool, bool]], str], Callable[[], None]]:
-    """A PIN lock and an open lock, each with its relay; returns (check, close)."""
+    """A PIN lock and a lock explicitly open to remote commands without a PIN, each with its
+    relay; returns (check, close)."""
     relays = {True: RecordingRelay(), False: RecordingRelay()}
     quick = LockSettings(relock_s=1.0, unlocking_s=0.0)
     locks = {
         True: DoorLock(DOOR, quick.model_copy(update={"pin": PIN}), relays[True]),
-        False: DoorLock(DOOR, quick, relays[False]),
+        False: DoorLock(DOOR, quick.model_copy(update={"allow_remote_without_pin": True}), relays[False]),
     }
 
     def check(item: tuple[bytes, bool, bool]) -> str:
@@ -256,7 +261,7 @@ class BridgeRig:
     bridge: HomeAssistantBridge
     relay: RecordingRelay
     source: MqttSnapshotSource
-    clears: list[int]
+    clears: list[str | int]  # one entry per clear request: a refusal reason, or lockouts cleared
 
     @classmethod
     def build(cls, state_dir: Path, mqtt: MqttSettings | None = None) -> BridgeRig:
@@ -267,7 +272,8 @@ class BridgeRig:
         source = MqttSnapshotSource(CameraSettings(name=DOOR, mqtt_topic=SNAPSHOT_TOPIC, fps=60.0))
         bridge.on_snapshot(SNAPSHOT_TOPIC, source.push)
         lockout, clears = Lockout(LockoutSettings(), Path(state_dir) / "lockout.json"), []
-        bridge.on_lockout_clear(DOOR, lambda: clears.append(len(lockout.clear(DOOR))))
+        # Each clear request's outcome: the refusal's reason, or how many lockouts it cleared.
+        bridge.on_lockout_clear(DOOR, lambda refusal: clears.append(refusal or len(lockout.clear(DOOR))))
         return cls(bridge, relay, source, clears)
 
     @property
@@ -293,6 +299,8 @@ class BridgeRig:
             topic == self.bridge.topics.lockout_clear(DOOR) and fresh and payload == b"PRESS"
         ):
             raise AssertionError(f"lockout clear on {topic} {payload!r} retained={retained}")
+        if any(not isinstance(outcome, str) for outcome in self.clears):
+            raise AssertionError(f"{topic} {payload!r} cleared a lockout without the PIN")
         if (self.source.stats.frames_read > read) != (topic == SNAPSHOT_TOPIC and fresh and bool(payload)):
             raise AssertionError(f"snapshot hand-over wrong for {topic} retained={retained} ({len(payload)} bytes)")
         return topic.rsplit("/", 1)[-1] if topic in self.topics else "other topic"

@@ -8,6 +8,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -304,3 +306,41 @@ def test_cli_list_and_verify(db: Path, clock: Clock, tamper: Callable[[], sqlite
     assert run_cli("audit", "--db", missing, "verify") == 1
     assert run_cli("audit", "--db", missing, "list") == 2
     assert "no audit trail" in capsys.readouterr().err
+
+
+@pytest.fixture
+def read_only_copy(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(writable folder, the same folder mounted read-only): a real read-only file system."""
+    source, view = tmp_path / "data", tmp_path / "ro"
+    source.mkdir()
+    view.mkdir()
+    try:
+        subprocess.run(["mount", "--bind", str(source), str(view)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot bind-mount a read-only folder here (needs root): {exc}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True, capture_output=True)
+        yield source, view
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
+
+
+def test_a_read_only_data_folder_is_not_reported_as_tampering(read_only_copy, clock: Clock, capsys) -> None:
+    """The service left its WAL (killed, or a backup copied without the -shm file): on a read-only
+    folder SQLite cannot open the trail. That is "cannot open", exit 2, never "TAMPERED"."""
+    source, view = read_only_copy
+    killed = (
+        "import os, sys\nfrom facelock_mqtt.guards.audit import AuditLog\nfrom facelock_mqtt.settings import AuditSettings\n"
+        "AuditLog(sys.argv[1], AuditSettings()).append('granted', camera='front', person='alice', details={})\n"
+        "os._exit(0)  # killed: the record is still in the WAL\n"
+    )
+    subprocess.run([sys.executable, "-c", killed, str(source / AUDIT_FILE)], check=True, timeout=60)
+    (source / f"{AUDIT_FILE}-shm").unlink()
+    assert (source / f"{AUDIT_FILE}-wal").stat().st_size > 0
+    report = verify(view / AUDIT_FILE)
+    assert not report.checked and "TAMPERED" not in report.summary()
+    assert run_cli("audit", "--db", str(view / AUDIT_FILE), "verify") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open the audit trail") and "nothing was verified" in err
+    assert run_cli("audit", "--db", str(source / AUDIT_FILE), "verify") == 0  # the trail itself is intact
+    assert "audit trail intact: 1 records" in capsys.readouterr().out

@@ -3,8 +3,11 @@ changes (also from another process) are picked up by a running recognizer."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ from service_helpers import nuaa_frames
 
 from facelock_mqtt.cli import recognizer
 from facelock_mqtt.errors import GalleryError
+from facelock_mqtt.guards.audit import list_records
+from facelock_mqtt.guards.integrity import GALLERY_EVENT
 from facelock_mqtt.pipeline.imageio import read_image
 from facelock_mqtt.settings import load_settings
 
@@ -84,3 +89,52 @@ def test_running_recognizer_refuses_a_gallery_tampered_under_it(settings, shared
         db.execute("UPDATE templates SET vector = ?", ((-vector).tobytes(),))
     with pytest.raises(GalleryError):
         running.matcher
+
+
+KILLED_MID_CHANGE = """
+import os, signal, sys
+from pathlib import Path
+from facelock_mqtt.cli import recognizer
+from facelock_mqtt.guards.audit import AuditLog
+from facelock_mqtt.pipeline.imageio import read_image
+from facelock_mqtt.settings import load_settings
+
+append = AuditLog.append
+def append_then_die(self, event_type, *args, **kwargs):
+    if event_type == "gallery_changed":
+        os.kill(os.getpid(), signal.SIGKILL)  # the gallery has committed; its audit record never lands
+    return append(self, event_type, *args, **kwargs)
+AuditLog.append = append_then_die
+
+rec = recognizer(load_settings(data_dir=sys.argv[1]))
+rec.enroll("s0003", [(p, read_image(p)) for p in sys.argv[2:]])
+"""
+
+
+def test_a_crash_between_a_gallery_change_and_its_audit_record_does_not_lock_the_owner_out(settings, shared_data):
+    """The change and its record commit together (the gallery's journal): the next start appends
+    the record, the gallery is accepted, and the new person is there."""
+    enroll(settings, shared_data, "s0001")
+    frames = [str(p) for p in nuaa_frames(shared_data, "s0003", "01")[:2]]
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_CHANGE, str(settings.data_dir), *frames], timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    with sqlite3.connect(settings.data_dir / "gallery.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM journal").fetchone()[0] == 1  # committed with the change
+    rec = recognizer(settings)  # before the journal: GalleryError "changed outside FaceLock"
+    try:
+        assert [p.name for p in rec.gallery.people()] == ["s0001", "s0003"]
+        last = list_records(settings.data_dir / "audit.sqlite3", event_type=GALLERY_EVENT, limit=1)[0]
+        assert last.person == "s0003" and last.details["replayed"] is True
+        assert last.details["digest"] == rec.gallery.content_digest() and rec.gallery.journal() == []
+    finally:
+        rec.close()
+
+
+def test_a_journal_entry_cannot_vouch_for_a_different_gallery(settings, shared_data):
+    """A stale or forged journal entry whose digest is not the gallery's is dropped, not trusted."""
+    enroll(settings, shared_data, "s0001")
+    with sqlite3.connect(settings.data_dir / "gallery.db") as db:
+        db.execute("INSERT INTO people (name, created) VALUES ('mallory', 0)")
+        db.execute("INSERT INTO journal (record) VALUES (?)", ('{"action": "enrolled", "digest": "0" }',))
+    with pytest.raises(GalleryError, match="changed outside FaceLock"):
+        recognizer(settings)

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import fill
 
 from facelock_mqtt.guards.lockout import LOCKOUT, LOCKOUT_CLEARED, STATE_FILE, Lockout
 from facelock_mqtt.settings import LockoutSettings
@@ -192,3 +193,17 @@ def test_a_clock_set_back_never_locks_longer_than_the_cap(path: Path, clock: Clo
     assert status.locked and status.remaining_s == SETTINGS.max_s
     clock.advance(SETTINGS.max_s)
     assert not lockout.status("front").locked
+
+
+def test_on_a_full_disk_failures_keep_counting_in_memory(small_disk, clock: Clock) -> None:
+    folder = small_disk("64k")
+    lockout = Lockout(LockoutSettings(max_failures=3), folder / STATE_FILE, clock)
+    fail(lockout, clock, 1)
+    fill(folder)
+    events = fail(lockout, clock, 2)  # the state file cannot be rewritten any more
+    assert lockout.save_error is not None and "No space left on device" in lockout.save_error
+    assert events[-1] is not None and events[-1].event_type == LOCKOUT  # counted: the third failure locks
+    assert lockout.status("front").locked
+    (folder / "filler").unlink()
+    lockout.clear("front")  # the next write succeeds again
+    assert lockout.save_error is None and json.loads((folder / STATE_FILE).read_text())["doors"] == {}

@@ -27,7 +27,7 @@ from facelock_mqtt.settings import LockSettings, MqttSettings
 DOORS = ["front_door", "garage"]
 TOPICS = Topics()
 PIN = "4321"
-FAST = LockSettings(relock_s=1.0, unlocking_s=0.1)
+FAST = LockSettings(relock_s=1.0, unlocking_s=0.1, allow_remote_without_pin=True)  # PIN-less remote commands on
 # What Home Assistant 2024.3 accepts in these blocks (one unknown key rejects the entity).
 DEVICE_KEYS = {"identifiers", "name", "manufacturer", "model", "sw_version"}
 ORIGIN_KEYS = {"name", "sw_version", "support_url"}
@@ -71,7 +71,7 @@ def configs(collector: Collector) -> dict[str, dict]:
 
 
 def entities_per_door() -> int:
-    return 5 + 7  # lock, motion, event, image, button + seven sensors
+    return 6 + 8  # lock, motion, problem, event, image, button + eight sensors
 
 
 # --- discovery -----------------------------------------------------------------------------------
@@ -119,7 +119,9 @@ def check_door_entities(door: str, found: dict[str, dict]) -> None:
     rendered = render(lock["command_template"], lock["payload_unlock"], PIN)
     assert json.loads(rendered) == {"action": "UNLOCK", "code": PIN}
     assert by_object["motion"]["device_class"] == "motion" and by_object["motion"]["state_topic"] == TOPICS.motion(door)
-    assert set(by_object["decision"]["event_types"]) == {"recognized", "denied", "spoof_suspected", "lockout"}
+    assert set(by_object["decision"]["event_types"]) == {
+        "recognized", "denied", "spoof_suspected", "lockout", "remote_refused", "reported_not_me"
+    }
     assert by_object["decision"]["state_topic"] == TOPICS.event(door)
     assert by_object["snapshot"]["content_type"] == "image/jpeg"
     assert by_object["snapshot"]["image_topic"] == TOPICS.image(door)
@@ -415,15 +417,60 @@ def test_bad_calls_raise_and_publish_nothing(
 
 
 def test_lockout_clear_button_accepts_only_press(bridge: HomeAssistantBridge, watcher: Collector) -> None:
-    pressed: list[str] = []
-    bridge.on_lockout_clear("garage", lambda: pressed.append("garage"))
+    requests: list[str | None] = []
+    bridge.on_lockout_clear("garage", requests.append)
     watcher.wait_for(TOPICS.availability, b"online")
     topic = TOPICS.lockout_clear("garage")
     for payload in (b"press", b"PRESS ", b"\x00"):
         watcher.publish(topic, payload)
     watcher.publish(topic, "PRESS")
-    wait_until(lambda: pressed, what="lockout cleared")
-    assert pressed == ["garage"] and bridge.rejected["lockout_clear"] == 3
+    wait_until(lambda: requests, what="lockout clear request")
+    assert requests == [None] and bridge.rejected["lockout_clear"] == 3  # FAST allows PIN-less remote actions
+
+
+def test_without_a_pin_remote_unlock_and_lockout_clear_are_refused_by_default(
+    mosquitto: Mosquitto, relays: dict[str, FakeRelay], watcher: Collector
+) -> None:
+    """The default install: no PIN, no explicit opt-in. Any broker client could send these."""
+    bridge = make_bridge(mosquitto, relays, LockSettings(relock_s=1.0, unlocking_s=0.1))
+    requests: list[str | None] = []
+    refused: list[tuple[str, str, str]] = []
+    bridge.on_lockout_clear("front_door", requests.append)
+    bridge.on_remote_refused(lambda *why: refused.append(why))
+    bridge.start()
+    try:
+        watcher.wait_for(TOPICS.availability, b"online")
+        for payload in (b"UNLOCK", b"OPEN", render(COMMAND_TEMPLATE, "UNLOCK", "1234")):
+            watcher.publish(TOPICS.lock_command("front_door"), payload)
+        watcher.publish(TOPICS.lockout_clear("front_door"), "PRESS")
+        wait_until(lambda: requests and len(refused) == 4, 30, what="every remote action refused")
+        watcher.publish(TOPICS.lock_command("front_door"), "LOCK")  # locking needs no authority
+        wait_until(lambda: relays["front_door"].calls.count("lock") == 2, what="LOCK accepted")
+        assert "unlock" not in relays["front_door"].calls and bridge.locks["front_door"].state is LockState.LOCKED
+        assert requests == ["no_pin_set"] and [r[2] for r in refused] == ["no_pin_set"] * 4
+        events = [json.loads(m.payload) for m in watcher.messages if m.topic == TOPICS.event("front_door")]
+        assert [e["event_type"] for e in events] == ["remote_refused"] * 4
+        assert "allow_remote_without_pin: true" in events[0]["reason"] and "lock.pin" in events[0]["reason"]
+    finally:
+        bridge.stop()
+
+
+def test_with_a_pin_lockout_clear_needs_the_pin(
+    mosquitto: Mosquitto, relays: dict[str, FakeRelay], watcher: Collector
+) -> None:
+    bridge = make_bridge(mosquitto, relays, LockSettings(relock_s=1.0, unlocking_s=0.1, pin=SecretStr(PIN)))
+    requests: list[str | None] = []
+    bridge.on_lockout_clear("front_door", requests.append)
+    bridge.start()
+    try:
+        watcher.wait_for(TOPICS.availability, b"online")
+        topic = TOPICS.lockout_clear("front_door")
+        for payload in ("PRESS", json.dumps({"action": "PRESS", "code": "0000"}), json.dumps({"action": "PRESS", "code": PIN})):
+            watcher.publish(topic, payload)
+        wait_until(lambda: len(requests) == 3, what="three clear requests")
+        assert requests == ["code_missing", "wrong_code", None]
+    finally:
+        bridge.stop()
 
 
 def test_snapshot_topic_feeds_fresh_payloads_and_survives_handler_errors(
@@ -446,3 +493,23 @@ def test_snapshot_topic_feeds_fresh_payloads_and_survives_handler_errors(
     wait_until(lambda: len(frames) == 2, what="fresh frames")
     assert frames == [b"frame-1", b"frame-2"] and bridge.mqtt.stats["handler_errors"] == 1
     watcher.publish(topic, b"", retain=True)
+
+
+def test_a_denial_names_nobody_on_the_last_person_sensor(bridge: HomeAssistantBridge, watcher: Collector) -> None:
+    """After alice was recognised, a stranger denied: "Last person" empties (no alice beside the
+    stranger's score); a denial without a score makes the score unknown; a lockout changes neither."""
+    watcher.wait_for(TOPICS.availability, b"online")
+    person, score = TOPICS.sensor("front_door", "last_person"), TOPICS.sensor("front_door", "last_score")
+    bridge.publish_decision("front_door", {"event_type": "recognized", "person": "alice", "score": 0.71})
+    watcher.wait_for(person, b"alice")
+    stranger = {"event_type": "denied", "person": None, "candidate": "alice", "score": 0.41}
+    sent = bridge.publish_decision("front_door", stranger)
+    assert sent["person"] is None and sent["candidate"] == "alice"
+    watcher.wait_for(person, b"")
+    assert watcher.wait_for(score, b"0.41")[-1].retain is False  # live delivery, retained for later subscribers
+    bridge.publish_decision("front_door", {"event_type": "denied", "person": None, "score": None})
+    watcher.wait_for(score, b"None")  # Home Assistant's payload for `unknown`
+    bridge.publish_decision("front_door", {"event_type": "lockout", "camera": "front_door"})
+    watcher.publish("facelock/marker", "m")
+    watcher.wait_for("facelock/marker")
+    assert watcher.payloads(person)[-1] == b"" and watcher.payloads(score)[-1] == b"None"

@@ -18,12 +18,14 @@ from facelock_mqtt.homeassistant.lock import (
     CommandRejected,
     DoorLock,
     LockState,
+    check_authority,
     parse_command,
 )
-from facelock_mqtt.settings import LockSettings
+from facelock_mqtt.guards.lockout import Lockout
+from facelock_mqtt.settings import LockoutSettings, LockSettings
 
 PIN = "4321"
-FAST = LockSettings(relock_s=1.0, unlocking_s=0.1)
+FAST = LockSettings(relock_s=1.0, unlocking_s=0.1, allow_remote_without_pin=True)  # PIN-less remote commands on
 
 
 def test_pin_guessing_blocks_remote_unlock_but_not_lock() -> None:
@@ -105,12 +107,15 @@ def test_concurrent_unlocks_energise_the_relay_once_and_close_cancels_relock() -
     )
 )
 def test_no_payload_opens_a_pin_protected_lock_without_the_pin(payload: bytes) -> None:
-    try:
-        command = parse_command(payload, SecretStr(PIN))
-    except CommandRejected as exc:
-        assert exc.reason
-        return
-    assert command is Command.LOCK or json.loads(payload)["code"] == PIN
+    for settings in (LockSettings(pin=SecretStr(PIN)), LockSettings()):  # with a PIN, and the default
+        try:
+            command, code = parse_command(payload)
+            if command is not Command.LOCK:
+                check_authority(code, settings)
+        except CommandRejected as exc:
+            assert exc.reason
+            continue
+        assert command is Command.LOCK or (settings.pin is not None and json.loads(payload)["code"] == PIN)
 
 
 def test_reconfigure_applies_a_new_pin() -> None:
@@ -120,4 +125,30 @@ def test_reconfigure_applies_a_new_pin() -> None:
     assert lock.pin_required and lock.handle_command(b"UNLOCK") is None
     assert lock.rejected["code_missing"] == 1 and "unlock" not in relay.calls
     assert lock.handle_command(render(COMMAND_TEMPLATE, "UNLOCK", PIN)) is Command.UNLOCK
+    lock.close()
+
+
+def test_pin_guessing_block_survives_a_restart(tmp_path) -> None:
+    """The block is kept by the lockout guard's state file: restarting FaceLock does not reset it."""
+    settings = LockSettings(pin=SecretStr(PIN))
+    store = Lockout(LockoutSettings(), tmp_path / "lockout.json")
+    lock = DoorLock("front_door", settings, FakeRelay(), pin_store=store)
+    for guess in range(PIN_TRIES):
+        lock.handle_command(render(COMMAND_TEMPLATE, "UNLOCK", f"{guess:04d}"))
+    lock.close()
+    relay = FakeRelay()
+    again = DoorLock("front_door", settings, relay, pin_store=Lockout(LockoutSettings(), tmp_path / "lockout.json"))
+    assert again.handle_command(render(COMMAND_TEMPLATE, "UNLOCK", PIN)) is None
+    assert again.rejected["pin_blocked"] == 1 and "unlock" not in relay.calls
+    other = DoorLock("back_door", settings, FakeRelay(), pin_store=Lockout(LockoutSettings(), tmp_path / "lockout.json"))
+    assert other.handle_command(render(COMMAND_TEMPLATE, "UNLOCK", PIN)) is Command.UNLOCK  # per door
+    again.close()
+    other.close()
+
+
+def test_a_refused_remote_action_is_reported_with_its_reason() -> None:
+    refused: list[tuple[str, str, str]] = []
+    lock = DoorLock("front_door", LockSettings(), FakeRelay(), on_refused=lambda *why: refused.append(why))
+    assert lock.handle_command(b"OPEN") is None and lock.handle_command(b"LOCK") is Command.LOCK
+    assert refused == [("front_door", "OPEN", "no_pin_set")]
     lock.close()

@@ -1,18 +1,29 @@
 """MQTT over TLS against a real Mosquitto started with a throw-away CA: password and client
-certificate authentication, and setting errors that name the setting."""
+certificate authentication, and setting errors that name the setting. An unreachable broker
+(unknown host, closed port, refused credentials) is logged with its address and the reason, and
+`facelock replay` exits with an error instead of deciding without one."""
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import ssl
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+import paho.mqtt.client as paho
 import pytest
-from conftest import Mosquitto
+from conftest import Mosquitto, free_port
 from mqtt_client import Collector, FakeRelay, wait_until
+from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
-from facelock_mqtt.errors import ConfigError
+from facelock_mqtt.errors import BrokerUnavailable, ConfigError
 from facelock_mqtt.homeassistant.bridge import HomeAssistantBridge
 from facelock_mqtt.homeassistant.mqtt import MqttConnection
 from facelock_mqtt.homeassistant.topics import Topics
@@ -161,3 +172,145 @@ def test_tls_settings_errors_name_the_setting(tmp_path: Path, pki: Path) -> None
         MqttConnection(MqttSettings(), TOPICS)
     with pytest.raises(ValueError, match="tls"):
         MqttSettings(ca_file=pki / "ca.crt")
+
+
+# --- an unreachable broker is never silent --------------------------------------------------------
+
+REPORT_WITHIN_S = 5.0  # "within a few seconds" of starting, with headroom for a loaded machine
+
+
+def refusing_broker(tmp_path: Path) -> Mosquitto:
+    """A real Mosquitto that wants a password (anonymous clients are refused)."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "facelock", "s3cret"], check=True)
+    broker = Mosquitto(tmp_path, extra_conf=f"password_file {passwd}\nallow_anonymous false\nuser root\n")
+    broker.start()
+    return broker
+
+
+def unreachable(kind: str, tmp_path: Path) -> tuple[MqttSettings, str, Mosquitto | None]:
+    """Settings for a broker that cannot be reached, the reason expected in the log, the broker."""
+    if kind == "unknown host":
+        return MqttSettings(host="nonexistent.invalid", port=1883), "cannot resolve the host name", None
+    if kind == "closed port":
+        return MqttSettings(host="127.0.0.1", port=free_port()), "connection refused", None
+    broker = refusing_broker(tmp_path)
+    settings = MqttSettings(host=broker.host, port=broker.port, username="facelock", password=SecretStr("wrong"))
+    return settings, "the broker refused the connection: Not authorized", broker
+
+
+KINDS = ["unknown host", "closed port", "refused credentials"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unreachable_broker_is_logged_with_its_address_and_reason(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings, reason, broker = unreachable(kind, tmp_path)
+    connection = MqttConnection(settings, TOPICS)
+    caplog.set_level(logging.INFO, logger="facelock_mqtt.homeassistant.mqtt")
+    started = time.monotonic()
+    connection.start()
+    try:
+        wait_until(lambda: connection.stats["failures"] >= 1, REPORT_WITHIN_S, f"a failure to be noticed ({kind})")
+        took = time.monotonic() - started
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors and f"cannot reach MQTT broker {settings.host}:{settings.port}: {reason}" in errors[0], errors
+        with pytest.raises(BrokerUnavailable, match=f"cannot reach MQTT broker {settings.host}:{settings.port}: {reason}"):
+            connection.wait_connected(0.1)
+        print(f"\n{kind}: reported after {took:.2f} s: {errors[0]}")
+        wait_until(lambda: connection.stats["failures"] >= 2, 10, "a retry after the backoff")
+    finally:
+        connection.stop()
+        if broker is not None:
+            broker.stop()
+    assert not connection.connected.is_set()
+
+
+def test_repeated_failures_are_logged_ever_more_rarely(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Attempts 1, 2, 4, 8...: a broker down for a day logs a few dozen lines, not thousands."""
+    settings, reason, _ = unreachable("closed port", tmp_path)
+    connection = MqttConnection(settings, TOPICS)
+    caplog.set_level(logging.DEBUG, logger="facelock_mqtt.homeassistant.mqtt")
+    client = connection._client  # the failure path paho calls, driven without waiting out its backoff
+    client.failure = reason
+    for _ in range(20):
+        connection._on_connect_fail(client, None)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert [int(m.split("attempt ")[1].split(";")[0]) for m in logged] == [1, 2, 4, 8, 16]
+    client.failure = "no answer (connection timed out)"  # a new reason is always logged
+    connection._on_connect_fail(client, None)
+    assert "timed out) (attempt 21;" in [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR][-1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_replay_exits_non_zero_when_no_broker_can_be_reached(kind: str, tmp_path: Path) -> None:
+    settings, reason, broker = unreachable(kind, tmp_path)
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    env = {
+        **os.environ,
+        "FACELOCK_DATA_DIR": str(tmp_path / "data"),
+        "FACELOCK_MQTT__HOST": settings.host,
+        "FACELOCK_MQTT__PORT": str(settings.port),
+        "FACELOCK_LIVENESS__MODELS": str(tmp_path / "no-liveness"),
+    }
+    if settings.username:
+        env |= {"FACELOCK_MQTT__USERNAME": settings.username, "FACELOCK_MQTT__PASSWORD": "wrong"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "facelock_mqtt.cli", "replay", str(clip), "--door", "front"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        if broker is not None:
+            broker.stop()
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert last.startswith(f"facelock: error: cannot reach MQTT broker {settings.host}:{settings.port}: {reason}"), last
+    assert done.stdout == ""  # no decision was made without a broker
+
+
+# --- MQTT 5: lock states expire where the broker supports it --------------------------------------
+
+
+class V5Watcher:
+    """A paho MQTT 5 subscriber keeping each message's expiry interval (None when it has none)."""
+
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        self.seen: list[tuple[bytes, int | None]] = []
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="v5-watcher", protocol=paho.MQTTv5)
+        self.client.on_message = lambda c, u, m: self.seen.append(
+            (m.payload, getattr(m.properties, "MessageExpiryInterval", None))
+        )
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.mark.parametrize("mqtt5", [True, False])
+def test_unlocked_states_expire_on_an_mqtt5_broker(mosquitto: Mosquitto, mqtt5: bool) -> None:
+    settings = MqttSettings(host=mosquitto.host, port=mosquitto.port, client_id=f"exp{mqtt5:d}", mqtt5=mqtt5)
+    bridge = HomeAssistantBridge(settings, ["front_door"], FAST, lambda door: FakeRelay())
+    watcher = V5Watcher(mosquitto, TOPICS.lock_state("front_door"))
+    try:
+        bridge.start()
+        wait_until(bridge.mqtt.connected.is_set, what="the bridge to connect")
+        assert bridge.mqtt.mqtt5 is mqtt5
+        wait_until(lambda: watcher.seen, what="the announced state")
+        bridge.locks["front_door"].unlock_for("alice")
+        wait_until(lambda: [p for p, _ in watcher.seen].count(b"LOCKED") >= 2, what="the relock")
+    finally:
+        bridge.stop()
+        watcher.close()
+    expiry = math.ceil(FAST.unlocking_s + FAST.relock_s + 1.0)
+    states = dict(reversed(watcher.seen))  # first expiry seen per state
+    assert set(states) == {b"LOCKED", b"UNLOCKING", b"UNLOCKED"}
+    assert states[b"LOCKED"] is None  # a locked door stays locked: that state never expires
+    assert states[b"UNLOCKING"] == states[b"UNLOCKED"] == (expiry if mqtt5 else None)

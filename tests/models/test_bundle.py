@@ -177,3 +177,12 @@ def test_shipped_calibration_supports_the_default_target_far(bundle: Bundle) -> 
     assert threshold.far == target and threshold.n_impostor * threshold.far >= 3
     thresholds = [t.threshold for t in sorted(calibration.thresholds, key=lambda t: -t.far)]
     assert thresholds == sorted(thresholds)  # lower FAR, stricter threshold
+
+
+def test_on_a_full_disk_the_default_bundle_fails_in_one_line_and_leaves_nothing(small_disk) -> None:
+    data = small_disk("4m")  # the bundle needs ~38 MB
+    with pytest.raises(BundleError) as refused:
+        default_bundle(data)
+    message = str(refused.value)
+    assert "No space left on device" in message and "\n" not in message
+    assert sorted(p.name for p in (data / "bundles").iterdir()) == []  # no half-built folder

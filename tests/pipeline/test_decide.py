@@ -10,8 +10,11 @@ from facelock_mqtt.settings import DecisionSettings
 SETTINGS = DecisionSettings(k=2, n=4, window_s=3.0)
 
 
-def frame(t: float, person: str | None = None, usable: bool = True, score: float | None = 0.7) -> Observation:
-    return Observation(t, person, score if usable else None, usable, "match" if person else "no match", None, None)
+def frame(
+    t: float, person: str | None = None, usable: bool = True, score: float | None = 0.7, candidate: str | None = None
+) -> Observation:
+    reason = "match" if person else "no match"
+    return Observation(t, person, score if usable else None, usable, reason, None, None, candidate or person)
 
 
 def run(*observations: Observation) -> tuple[Attempt, list]:
@@ -57,3 +60,18 @@ def test_a_window_ending_short_of_k_denies():
 def test_a_frame_after_the_window_never_counts():
     _, decisions = run(frame(0.0, "ann"), frame(3.5, "ann"))
     assert decisions[1].outcome == "denied" and decisions[1].frames_used == 1
+
+
+def test_a_denial_names_nobody_but_keeps_the_closest_candidate():
+    """A stranger close to ann, then closer to bob, below threshold: the decision names no person;
+    the candidate is whoever gave the best score, which is the score reported."""
+    _, decisions = run(frame(0.0, score=0.41, candidate="ann"), frame(0.1, score=0.52, candidate="bob"),
+                       frame(0.2, score=0.30, candidate="ann"))  # fmt: skip
+    denied = decisions[2]
+    assert denied.outcome == "denied" and denied.person is None
+    assert (denied.candidate, denied.score) == ("bob", pytest.approx(0.52))
+
+
+def test_a_recognition_names_the_person_as_its_candidate():
+    _, decisions = run(frame(0.0, "ann", score=0.8), frame(0.1, "ann", score=0.9))
+    assert (decisions[1].person, decisions[1].candidate, decisions[1].score) == ("ann", "ann", pytest.approx(0.9))

@@ -158,3 +158,21 @@ def test_unknown_detector_kind_is_refused(bundles: dict[str, Bundle]) -> None:
     strange = Bundle(bundle.path, bundle.manifest.model_copy(update={"detector": detector}))
     with pytest.raises(BundleError, match="unknown detector kind 'mtcnn'"):
         load_detector(strange, threads=1, size=640, min_score=0.6)
+
+
+@pytest.mark.parametrize("name", ["yunet", "scrfd"])
+def test_a_normal_face_in_a_huge_photo_is_found_with_precise_landmarks(
+    detectors: dict[str, Detector], shared_data: Path, name: str
+) -> None:
+    """12000 x 12000 px (144 MP) around a face 175 px wide: scaled whole to the 640 px detection
+    size, the face would be 9 px and missed; it is found, with the landmarks it has on its own."""
+    photo = cv2.resize(read_image(shared_data / SINGLE[0]), (400, 541), interpolation=cv2.INTER_AREA)
+    (alone,) = detectors[name].detect(photo)
+    canvas = np.full((12000, 12000, 3), 120, np.uint8)
+    x, y = 7000, 3000
+    canvas[y : y + photo.shape[0], x : x + photo.shape[1]] = photo
+    (found,) = detectors[name].detect(canvas)
+    assert_plausible_landmarks(found)
+    assert iou(found.box, alone.box + np.float32([x, y, 0, 0])) > 0.8
+    eye_distance = np.linalg.norm(alone.landmarks[1] - alone.landmarks[0])
+    assert np.linalg.norm(found.landmarks - (alone.landmarks + (x, y)), axis=1).max() < 0.1 * eye_distance

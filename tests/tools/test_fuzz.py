@@ -75,6 +75,7 @@ def test_every_bridge_handler_survives_generated_messages(tmp_path: Path, seeds:
     assert report.finding is None, report.finding
     assert {"set", "clear", "snapshot", "status"} <= set(report.outcomes), report.outcomes
     assert rig.clears and rig.source.stats.frames_read > 0  # the fresh PRESS and snapshots got through
+    assert set(rig.clears) == {"code_missing"}  # and no PRESS without the PIN cleared anything
     assert rig.bridge.locks[fuzz.DOOR].rejected["retained"] > 0
 
 

@@ -7,9 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 # First: skips this module cleanly (or fails in CI) when torch is missing, like test_training.
@@ -20,7 +22,7 @@ from facelock_mqtt.models.default_bundle import default_bundle
 from facelock_mqtt.pipeline.imageio import read_image
 from facelock_mqtt.recognizer import Recognizer
 from facelock_mqtt.settings import MatchSettings, ModelSettings, QualitySettings
-from training.config import GateConfig, RunConfig
+from training.config import ExportConfig, GateConfig, RunConfig
 from training.dataset import load_crops, load_manifest, select
 from training.errors import GateRefused, ParityError
 from training.export import check_parity, export_bundle, export_onnx
@@ -119,3 +121,16 @@ def test_exported_bundle_is_served_and_verifies_a_real_pair(dataset: tuple[RunCo
     assert genuine > threshold
     assert impostor < genuine
     assert np.isfinite([genuine, impostor]).all()
+
+
+def test_export_takes_torch_export_not_the_deprecated_torchscript_path(trained: Path, tmp_path: Path) -> None:
+    """torch 2.9+ deprecates the TorchScript exporter (dynamo=False); the torch.export-based one
+    returns the program it exported, and warns of no deprecation on the way."""
+    backbone, _ = backbone_from_checkpoint(trained)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        program = export_onnx(backbone, tmp_path / "embedder.onnx", ExportConfig().opset)
+    assert isinstance(program, torch.onnx.ONNXProgram)
+    graph = onnx.load(tmp_path / "embedder.onnx")
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [ExportConfig().opset]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch stays dynamic
