@@ -70,7 +70,7 @@ def test_printed_photo_of_an_enrolled_person_never_unlocks(tmp_path, shared_data
     assert events, "the attack clip produced no decision at all"
     assert {e["event_type"] for e in events} <= {"spoof_suspected", "denied"}, events
     # Verification alone accepts the print (NUAA prints are good likenesses): liveness is what stops it.
-    assert any(e["event_type"] == "spoof_suspected" and e["person"] == PERSON for e in events), events
+    assert any(e["event_type"] == "spoof_suspected" and e["candidate"] == PERSON for e in events), events
     assert "unlock" not in relay.calls
     assert set(states) == {"LOCKED"}, states
 
