@@ -12,15 +12,11 @@ import json
 from aiohttp import web
 
 from ..guards.liveness import liveness_status
+from ..homeassistant.lock import REFUSALS
 from .common import context, error, read_json, visitor
 from .context import PanelContext
 
 ACTIONS = {"lock": "LOCK", "unlock": "UNLOCK", "open": "OPEN"}
-REFUSALS = {
-    "code_missing": "this door needs its PIN",
-    "wrong_code": "wrong PIN",
-    "pin_blocked": "too many wrong PINs: remote unlock is blocked for a while",
-}
 
 
 def door_json(ctx: PanelContext, name: str) -> dict:

@@ -15,6 +15,8 @@ from .context import PanelContext
 from .metrics import HISTORY_S
 
 BUCKET_S = 3600.0
+MODEL_CARD = "model_card.md"
+MODEL_CARD_LIMIT = 20_000
 
 
 def model_json(ctx: PanelContext) -> dict:
@@ -28,6 +30,7 @@ def model_json(ctx: PanelContext) -> dict:
         "detector": manifest.detector.kind,
         "embedding_size": manifest.embedder.embedding_size,
         "model_card": calibration.model_card if calibration else None,
+        "model_card_text": model_card_text(ctx),
         "calibration": None if calibration is None else {
             "dataset": calibration.dataset,
             "genuine_pairs": calibration.n_genuine,
@@ -39,6 +42,15 @@ def model_json(ctx: PanelContext) -> dict:
         "min_margin": ctx.recognizer.match_settings.min_margin,
         "liveness": liveness_status(ctx.liveness),
     }  # fmt: skip
+
+
+def model_card_text(ctx: PanelContext) -> str | None:
+    """A trained bundle's model card (training/export.py copies it into the bundle), if any."""
+    path = ctx.recognizer.bundle.path / MODEL_CARD
+    try:
+        return path.read_text(errors="replace")[:MODEL_CARD_LIMIT] if path.is_file() else None
+    except OSError:
+        return None
 
 
 def decisions_by_hour(ctx: PanelContext, now: float) -> dict:
