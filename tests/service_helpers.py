@@ -98,8 +98,9 @@ def replay(settings, clip: Path, relay: dict[str, FakeRelay]) -> list[dict]:
         settings, cameras=[replay_camera(str(clip), "front", 10.0)], realtime=False,
         on_event=events.append, relay_factory=relay_factory,
     )  # fmt: skip
-    service.start()
+    service.bridge.start()  # the broker first, as `facelock replay` does: a decision without it is denied
     assert service.bridge.mqtt.connected.wait(10)
+    service.start_cameras()
     assert service.wait(timeout=120), "replay did not finish"
     time.sleep(1.5)  # let the relock timer run
     service.stop()
