@@ -106,6 +106,7 @@ class Door:
         self.viewers = 0  # live-view clients of the panel; with none, the frame is not kept
         self.live: tuple | None = None  # (image, motion region, Identification | None) of the latest frame
         self._seen: tuple = (None, None)
+        self.drift = None  # the camera's DriftMonitor (guards/drift.py), set by the service; only observes
 
     def clock(self, frame: Frame) -> float:
         """Video position in replay (so windows mean the same as live), capture time live."""
@@ -142,6 +143,8 @@ class Door:
         gated = self.gate.update(frame.image, now)
         self._seen = (gated.region, None)
         self._set_motion(gated.motion)
+        if self.drift is not None:
+            self.drift.observe_gate(gated.passed)
         if self.attempt is not None and self.attempt.expired(now):
             self._conclude(self.attempt.close(now))
         # A person standing still in front of the door stops the motion; their attempt goes on.
@@ -166,6 +169,8 @@ class Door:
         self._seen = (gated.region, found)
         if found.result is None:
             return
+        if self.drift is not None:
+            self.drift.observe_face(found.result)
         if self.attempt is None:
             matcher = self.recognizer.matcher
             self.attempt = Attempt(self.settings, matcher.threshold.threshold, matcher.target_far)
@@ -217,6 +222,8 @@ class Door:
         record = self.guards.audit.append(
             outcome, camera=self.name, person=event["person"], details=self._details(decision, event)
         )
+        # Encoded before the door moves, so that the decision goes out right behind the lock state.
+        snapshot = self._snapshot(frames, decision)
         if outcome == "recognized":
             self.guards.lockout.record_success(self.name)
             if not self.lock.unlock_for(decision.person or "?"):
@@ -224,9 +231,11 @@ class Door:
         if lockout is not None:
             self.guards.audit.append("lockout", camera=self.name, details=lockout.payload())
             self.publisher.publish_decision(self.name, {"event_type": "lockout", "camera": self.name, **lockout.payload()})
-        self.publisher.publish_decision(self.name, event, self._snapshot(frames, decision))
+        self.publisher.publish_decision(self.name, event, snapshot)
         if self.snapshots is not None and frames:
             self.snapshots.save(record.seq, *frames[-1])  # queued: never delays the door
+        if self.drift is not None:
+            self.drift.observe_decision(event)
         if self.on_event is not None:
             self.on_event(event)
 

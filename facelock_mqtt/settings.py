@@ -201,7 +201,13 @@ class DecisionSettings(Section):
 
 class LockSettings(Section):
     relock_s: float = Field(5.0, ge=1.0, le=3600.0, description="Seconds until the door relocks after an unlock.")
-    unlocking_s: float = Field(0.5, ge=0.0, le=30.0, description="Seconds the lock reports UNLOCKING before UNLOCKED.")
+    unlocking_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=30.0,
+        description="Actuation time of your door strike: seconds the lock reports UNLOCKING before UNLOCKED "
+        "(0: UNLOCKED at once, as soon as the relay is energised).",
+    )
     pin: SecretStr | None = Field(
         None,
         description="PIN (4 to 12 digits) Home Assistant must send with a remote UNLOCK or OPEN; "
@@ -264,6 +270,29 @@ class LivenessSettings(Section):
     )
 
 
+class DriftSettings(Section):
+    enabled: bool = Field(True, description="Watch each camera for drift (light, focus, aim, scores) against its own first days.")
+    reference_samples: int = Field(
+        300, ge=10, le=100_000, description="Observations per statistic in a camera's reference (its first ones)."
+    )
+    reference_days: float = Field(
+        3.0, ge=0.0, le=90.0, description="Least days a camera's reference spans, so it holds days and nights."
+    )
+    window: int = Field(500, ge=10, le=100_000, description="Observations the rolling (recent) statistics cover.")
+    min_samples: int = Field(50, ge=5, le=100_000, description="Least recent observations before a statistic is judged.")
+    psi_watch: float = Field(0.1, gt=0.0, le=10.0, description="PSI (above its sampling noise) from which a statistic is watched.")
+    psi_act: float = Field(
+        0.25, gt=0.0, le=10.0, description="PSI (above its sampling noise) from which a statistic has drifted: the "
+        "door's problem sensor turns on with the reason.",
+    )
+
+    @model_validator(mode="after")
+    def _watch_below_act(self) -> DriftSettings:
+        if self.psi_watch > self.psi_act:
+            raise ValueError("psi_watch must not exceed psi_act")
+        return self
+
+
 class WebSettings(Section):
     enabled: bool = Field(True, description="Serve the owner's panel (in the add-on: the FaceLock page in the sidebar).")
     host: str = Field(
@@ -316,6 +345,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     liveness: LivenessSettings = LivenessSettings()
     web: WebSettings = WebSettings()
+    drift: DriftSettings = DriftSettings()
 
     @model_validator(mode="after")
     def _unique_doors(self) -> Settings:

@@ -2,7 +2,8 @@
 
 Kept together on purpose (like Home Assistant's own `lock.py`): the payloads announced in
 discovery are the only payloads accepted. The lock starts LOCKED, an unlock goes
-LOCKED -> UNLOCKING -> UNLOCKED (or OPEN) and relocks by itself after `relock_s`. Any relay
+LOCKED -> UNLOCKING -> UNLOCKED (or OPEN), UNLOCKED following at once unless the user set an
+actuation time (`unlocking_s`), and relocks by itself after `relock_s`. Any relay
 error leaves the door locked (or JAMMED when locking itself fails, retried every `relock_s`).
 """
 
@@ -316,7 +317,10 @@ class DoorLock:
                 self.lock("relay failure")
                 return False
             self._set(LockState.UNLOCKING)
-            self._after(self._settings.unlocking_s, lambda: self._released(target))
+            if self._settings.unlocking_s > 0:  # the user's actuation time for a slow strike
+                self._after(self._settings.unlocking_s, lambda: self._released(target))
+            else:  # no hold: UNLOCKED goes out right behind UNLOCKING, not after a timer thread starts
+                self._released(target)
             return True
 
     def _released(self, target: LockState) -> None:

@@ -47,8 +47,12 @@ def headline(report: dict) -> list[tuple[str, object, str, bool | None]]:
         add("frames past the gate with nobody there", energy["gate"]["frames_passed_without_visit"], "(info)", None)
     for run in sections.get("latency", {}).get("runs", []):
         fps = _fmt(run["fps"], 0)
-        add(f"unlock latency p50 at {fps} fps (ms)", run["unlock_ms"]["p50"], "<= 150", lambda v: v <= 150)
-        add(f"unlock latency p95 at {fps} fps (ms)", run["unlock_ms"]["p95"], "<= 300", lambda v: v <= 300)
+        goal = 150 if run["fps"] >= 10 else 250  # about one frame interval more at 5 fps
+        add(f"first face frame -> UNLOCKED p50 at {fps} fps (ms)", run["unlock_ms"]["p50"], f"<= {goal}",
+            lambda v, g=goal: v <= g)  # fmt: skip
+        add(f"first face frame -> UNLOCKED p95 at {fps} fps (ms)", run["unlock_ms"]["p95"], "<= 300", lambda v: v <= 300)
+        gap = run.get("event_vs_unlocked_ms", {}).get("p50")
+        add(f"decision event vs UNLOCKED state p50 at {fps} fps (ms)", gap, "<= 10", lambda v: v <= 10)
     if "stages" in sections:
         stages = sections["stages"]
         add(

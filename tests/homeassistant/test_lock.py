@@ -72,8 +72,7 @@ def test_state_callback_errors_do_not_stop_the_lock() -> None:
         raise ConnectionError("publish failed")
 
     lock = DoorLock("front_door", LockSettings(relock_s=1, unlocking_s=0), FakeRelay(), broken)
-    assert lock.unlock_for("alice") and lock.state is LockState.UNLOCKING
-    wait_until(lambda: lock.state is LockState.UNLOCKED, what="unlocked")
+    assert lock.unlock_for("alice") and lock.state is LockState.UNLOCKED  # no actuation time: at once
     lock.close()
     assert lock.state is LockState.LOCKED
 
