@@ -57,20 +57,26 @@ class Served(nn.Module):
 
 
 def export_onnx(backbone: nn.Module, path: Path, opset: int) -> torch.onnx.ONNXProgram:
-    """ONNX graph with a dynamic batch dimension, input NCHW float RGB normalised as INPUT_SPEC.
+    """ONNX graph with a dynamic batch dimension, input NCHW float RGB normalised as INPUT_SPEC."""
+    return onnx_export(Served(backbone).eval(), torch.zeros(1, 3, 112, 112), path, opset, ("input", "embedding"))
+
+
+def onnx_export(
+    module: nn.Module, example: torch.Tensor, path: Path, opset: int, names: tuple[str, str]
+) -> torch.onnx.ONNXProgram:
+    """`module` as one ONNX file (weights inside) with a dynamic batch axis; `names`: input, output.
 
     torch.export-based exporter (onnxscript, in the training extra): the TorchScript one is
     deprecated since torch 2.9. It writes opset 18 or later (asked for 17, its down-conversion
-    fails and leaves 18), hence ExportConfig.opset >= 18; weights stay inside the one file.
+    fails and leaves 18), hence ExportConfig.opset >= 18.
     """
-    served = Served(backbone).eval()
     with _quiet(EXPORTER_LOGGERS), warnings.catch_warnings():
         # torch.export's own pytree code warns about its own internals (torch 2.13), not our graph.
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
         return torch.onnx.export(
-            served, (torch.zeros(1, 3, 112, 112),), str(path), dynamo=True, opset_version=opset,
-            input_names=["input"], output_names=["embedding"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-            external_data=False, verbose=False,
+            module, (example,), str(path), dynamo=True, opset_version=opset, input_names=[names[0]],
+            output_names=[names[1]], dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
+            verbose=False,
         )  # fmt: skip
 
 

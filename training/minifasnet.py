@@ -8,7 +8,7 @@ live). Input: (N, 3, 80, 80) float BGR in 0..255 (not divided by 255: the weight
 
     python -m training.minifasnet export --weights DIR --out DIR
 
-writes one ONNX file per model (opset 17, dynamic batch), checks each against PyTorch (softmax
+writes one ONNX file per model (opset 18, dynamic batch), checks each against PyTorch (softmax
 outputs on a batch of inputs) and writes the manifest with SHA-256 digests that
 `facelock_mqtt.guards.liveness` verifies before serving. Users do not need this: `facelock
 liveness install` builds the same graph without PyTorch (`facelock_mqtt.models.minifasnet`);
@@ -142,13 +142,10 @@ def load_weights(path: Path) -> MiniFASNet:
 
 
 def export_onnx(model: MiniFASNet, out: Path) -> None:
-    """Write `model` as ONNX opset 17 with a dynamic batch axis (TorchScript exporter)."""
-    dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    torch.onnx.export(
-        model, (dummy,), str(out), dynamo=False, opset_version=17,
-        input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    """Write `model` as ONNX opset 18 with a dynamic batch axis (torch.export-based exporter)."""
+    from .export import onnx_export
+
+    onnx_export(model, torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE), out, 18, ("input", "logits"))
 
 
 def parity(model: MiniFASNet, onnx_path: Path, batch: np.ndarray) -> float:

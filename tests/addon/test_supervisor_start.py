@@ -154,6 +154,9 @@ class Addon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._reader.join(5)  # it ends at the pipe's end of file; then the pipe can be closed
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 @pytest.fixture

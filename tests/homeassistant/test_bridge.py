@@ -287,6 +287,7 @@ def test_last_will_marks_offline_when_the_process_is_killed(mosquitto: Mosquitto
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
     assert watcher.payloads(TOPICS.availability) == [b"online", b"offline"]
 
 
