@@ -140,7 +140,8 @@ async def clear_review(request: web.Request) -> web.Response:
     sample_id = int_param(request.match_info["id"], "a template id")
     if not await ctx.run(ctx.recognizer.editor.clear_review, sample_id):
         return error(404, f"template {sample_id} is not marked for review")
-    ctx.audit.append("review_cleared", details={"template": sample_id, "actor": visitor(request).actor})
+    details = {"template": sample_id, "actor": visitor(request).actor}
+    await ctx.run(lambda: ctx.audit.append("review_cleared", details=details))
     return web.json_response({"cleared": sample_id})
 
 

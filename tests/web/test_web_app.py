@@ -48,7 +48,8 @@ def test_token_access_bearer_cookie_redirect_and_csrf(ctx, tmp_path):
         async with token_panel(ctx, token) as client:
             anonymous = await client.get("/api/people")
             wrong = await client.get("/api/people", headers={"Authorization": "Bearer nope"})
-            bearer = await client.get("/api/people", headers={"Authorization": f"Bearer {token}"})
+            bearer = await client.get("/api/session", headers={"Authorization": f"Bearer {token}"})
+            assert (await bearer.json())["actor"] == "local panel user (token)"
             script = await client.post("/api/doors/front/lock", headers={"Authorization": f"Bearer {token}"})
             opened = await client.get(f"/?token={token}", allow_redirects=False)
             cookie = opened.cookies["facelock_token"]

@@ -83,9 +83,12 @@ def test_that_was_not_me_marks_templates_notifies_and_audits(ctx, shared_data):
             response = await panel.post(f"/api/events/{seq}/feedback", json={"kind": "not_me"})
             people = await (await panel.get("/api/people")).json()
             events = await (await panel.get("/api/events")).json()
-            return seq, wrong_kind.status, forged.status, response.status, await response.json(), people, events
+            kept = people["people"][0]["templates"][0]["id"]
+            keep = [(await panel.delete(f"/api/templates/{kept}/review")).status for _ in range(2)]
+            return seq, wrong_kind.status, forged.status, response.status, await response.json(), people, events, keep
 
-    seq, wrong_kind, forged, status, body, people, events = run(go())
+    seq, wrong_kind, forged, status, body, people, events, keep = run(go())
+    assert keep == [200, 404]  # "keep": the mark goes, once
     assert (wrong_kind, forged, status) == (409, 403, 200)
     templates = people["people"][0]["templates"]
     assert body["marked"] and set(body["marked"]) <= {t["id"] for t in templates}
@@ -93,6 +96,7 @@ def test_that_was_not_me_marks_templates_notifies_and_audits(ctx, shared_data):
     assert people["people"][0]["review"] == len(body["marked"])
     (door, sent), = ctx.notified
     assert door == "front" and sent["event_type"] == "reported_not_me" and sent["reported_event"] == seq
+    assert list_records(ctx.audit.path, event_type="review_cleared")[0].details["template"] == people["people"][0]["templates"][0]["id"]
     (feedback,) = list_records(ctx.audit.path, event_type="feedback")
     assert feedback.details["kind"] == "not_me" and "Alice Owner" in feedback.details["actor"]
     assert next(e for e in events["events"] if e["id"] == seq)["feedback"][0]["kind"] == "not_me"

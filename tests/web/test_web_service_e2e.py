@@ -91,6 +91,7 @@ def test_enrolled_through_the_panel_the_next_clip_unlocks_without_restart(tmp_pa
         play(publisher, after)
         assert wait_for(lambda: any(e["event_type"] == "recognized" for e in events), 30), events
         assert [e["person"] for e in events if e["event_type"] == "recognized"] == ["s0001"]
+        assert service.doors["front"].live is None  # unwatched, the door keeps no frame
         assert "unlock" in relays["front"].calls
         service.snapshots.flush()
         latest, snapshot = asyncio.run(timeline(url, token))
