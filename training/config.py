@@ -59,6 +59,16 @@ class SplitConfig(Section):
 
 
 class ModelConfig(Section):
+    arch: Literal["mobilefacenet", "sface"] = Field(
+        "mobilefacenet", description="'mobilefacenet': trained from scratch; 'sface': the served SFace embedder, imported to fine-tune."
+    )
+    pretrained: Path | None = Field(
+        None, description="SFace ONNX file to import (arch 'sface'); default: the embedder of facelock's default bundle."
+    )
+    freeze_convs: int = Field(0, ge=0, le=64, description="Conv blocks (input side first) kept frozen while fine-tuning.")
+    freeze_bn: bool = Field(
+        False, description="Keep every BatchNorm's statistics as imported (small fine-tuning batches estimate them badly)."
+    )
     width: float = Field(1.0, gt=0.1, le=4.0, description="Channel multiplier of MobileFaceNet.")
     blocks: tuple[int, int, int, int, int] = Field((5, 1, 6, 1, 2), description="Bottleneck repeats per stage.")
     embedding_size: int = Field(128, ge=16, le=1024, description="Embedding dimension.")

@@ -107,9 +107,27 @@ class ArcFaceHead(nn.Module):
         return F.cross_entropy(self.s * logits, labels)
 
 
-def build(cfg: ModelConfig) -> MobileFaceNet:
-    """A fresh backbone, or one started from `cfg.init_from`'s backbone weights."""
-    model = MobileFaceNet(cfg)
+def default_sface() -> Path:
+    """The served embedder file (facelock's default bundle, built on first use)."""
+    from facelock_mqtt.models.default_bundle import default_bundle
+    from facelock_mqtt.settings import Settings
+
+    return default_bundle(Settings.model_fields["data_dir"].default).file("embedder")
+
+
+def _architecture(cfg: ModelConfig, spec: list[dict] | None = None) -> nn.Module:
+    if cfg.arch == "mobilefacenet":
+        return MobileFaceNet(cfg)
+    from .import_sface import SFaceNet, import_sface
+
+    return SFaceNet(spec) if spec is not None else import_sface(cfg.pretrained or default_sface())
+
+
+def build(cfg: ModelConfig) -> nn.Module:
+    """A fresh backbone (or the imported SFace), or one started from `cfg.init_from`'s backbone weights."""
+    model = _architecture(cfg)
+    if cfg.arch == "sface" and cfg.freeze_convs:
+        model.freeze_first(cfg.freeze_convs)
     if cfg.init_from is not None:
         state = load_checkpoint(cfg.init_from)["backbone"]
         try:
@@ -128,11 +146,11 @@ def load_checkpoint(path: Path) -> dict:
         raise TrainingError(f"checkpoint {path} is unreadable: {exc}") from exc
 
 
-def backbone_from_checkpoint(path: Path) -> tuple[MobileFaceNet, ModelConfig]:
+def backbone_from_checkpoint(path: Path) -> tuple[nn.Module, ModelConfig]:
     """Rebuild the backbone a checkpoint was trained with, in eval mode."""
     ckpt = load_checkpoint(path)
     cfg = ModelConfig.model_validate(ckpt["model_config"]).model_copy(update={"init_from": None})
-    model = MobileFaceNet(cfg)
+    model = _architecture(cfg, ckpt.get("spec"))
     model.load_state_dict(ckpt["backbone"])
     return model.eval(), cfg
 
