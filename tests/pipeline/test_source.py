@@ -305,3 +305,32 @@ def test_newest_snapshot_wins_when_they_arrive_faster_than_fps(photos: list[np.n
         frame = source.latest(10)
     assert which_photo(frame.image, photos) == 5
     assert source.stats.frames_decoded == 2 and source.stats.dropped == 4
+
+
+def test_a_snapshot_flood_is_rate_limited_per_topic(photos: list[np.ndarray]) -> None:
+    """Twice the fps is taken (a burst of one second's worth, at least 10); the rest is counted, not kept."""
+    source = MqttSnapshotSource(camera(topic="frigate/front_door/snapshot", fps=10.0))
+    other = MqttSnapshotSource(CameraSettings(name="back_door", mqtt_topic="frigate/back_door/snapshot", fps=10.0))
+    flood = jpeg_of(photos[0])
+    for _ in range(1000):  # well within a second
+        source.push(flood)
+    other.push(jpeg_of(photos[7]))  # another topic keeps its own budget
+    stats = source.stats
+    assert stats.frames_read == 1000 and 975 <= stats.rate_limited <= 981, stats
+    assert other.stats.rate_limited == 0
+    with other:
+        frame = other.latest(10)
+    assert frame is not None and which_photo(frame.image, photos) == 7
+
+
+def test_a_snapshot_declaring_too_many_pixels_is_refused_before_decoding(photos: list[np.ndarray]) -> None:
+    data = jpeg_of(photos[2])
+    at = data.find(b"\xff\xc0")
+    bomb = data[: at + 5] + (20_000).to_bytes(2, "big") * 2 + data[at + 9 :]  # declares 20000 x 20000
+    with MqttSnapshotSource(camera(topic="frigate/front_door/snapshot", fps=60.0, max_snapshot_pixels=1_000_000)) as source:
+        source.push(bomb)
+        wait_until(lambda: source.stats.undecodable == 1)
+        source.push(data)  # 640 x 480 = 0.3 MP: within the camera's bound
+        frame = source.latest(10)
+    assert "400.0 MP, over the 1 MP limit" in source.last_error
+    assert frame is not None and which_photo(frame.image, photos) == 2
