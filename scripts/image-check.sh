@@ -372,7 +372,7 @@ echo "--- stand-in Supervisor ---"
 cat "$WORK/supervisor.log"
 echo "--- add-on log (start to SIGTERM) ---"
 sed -e "s#$WORK#<work>#g" "$WORK/start.log"
-echo "--- MQTT, as Home Assistant saw it (payloads cut at 120 characters) ---"
+echo "--- MQTT, as Home Assistant saw it (no sensors; lines cut at 160 characters) ---"
 grep -a -v '/sensor/' "$WORK/mqtt.log" | cut -c1-160 | head -40
 echo "--- steps ---"
 printf '%s\n' "${STEPS[@]}"
