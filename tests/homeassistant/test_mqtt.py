@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from facelock_mqtt.errors import BrokerUnavailable, ConfigError
 from facelock_mqtt.homeassistant.bridge import HomeAssistantBridge
+from facelock_mqtt.homeassistant.broker import AmqttBroker
 from facelock_mqtt.homeassistant.mqtt import MqttConnection
 from facelock_mqtt.homeassistant.topics import Topics
 from facelock_mqtt.settings import LockSettings, MqttSettings
@@ -314,3 +315,25 @@ def test_unlocked_states_expire_on_an_mqtt5_broker(mosquitto: Mosquitto, mqtt5: 
     assert set(states) == {b"LOCKED", b"UNLOCKING", b"UNLOCKED"}
     assert states[b"LOCKED"] is None  # a locked door stays locked: that state never expires
     assert states[b"UNLOCKING"] == states[b"UNLOCKED"] == (expiry if mqtt5 else None)
+
+
+def test_a_broker_that_ignores_mqtt5_gets_mqtt_3_1_1(caplog: pytest.LogCaptureFixture) -> None:
+    """amqtt 0.12 leaves a version 5 CONNECT with a will unanswered: after one keep-alive the client
+    tries 3.1.1 (and `mqtt.mqtt5: false` goes straight to it)."""
+    broker = AmqttBroker("127.0.0.1", free_port())
+    broker.start()
+    connections = []
+    try:
+        for mqtt5 in (False, True):
+            settings = MqttSettings(host=broker.host, port=broker.port, keepalive=5, client_id=f"v{mqtt5:d}", mqtt5=mqtt5)
+            connections.append(MqttConnection(settings, TOPICS))
+            connections[-1].start()
+            started = time.monotonic()
+            connections[-1].wait_connected(15)
+            print(f"\nmqtt5={mqtt5}: connected in MQTT 3.1.1 after {time.monotonic() - started:.1f} s")
+            assert not connections[-1].mqtt5
+    finally:
+        for connection in connections:
+            connection.stop()
+        broker.stop()
+    assert "no answer to an MQTT 5 connection; trying 3.1.1" in caplog.text
