@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..errors import EnrollmentError, GalleryError
 from .api_people import person_name, verdict_json
-from .common import context, error, read_json, visitor
+from .common import context, door_view, error, read_json, visitor
 from .context import PanelContext
 
 FRAMES = 3
@@ -54,10 +54,7 @@ async def collect(ctx: PanelContext, door, count: int, timeout: float) -> list[t
 
 
 async def capture(request: web.Request) -> web.Response:
-    ctx = context(request)
-    door = ctx.doors.get(request.match_info["door"])
-    if door is None:
-        return error(404, "no such door")
+    ctx, door = context(request), door_view(request)
     person = person_name(str((await read_json(request)).get("person", "")))
     frames = await collect(ctx, door, FRAMES, TIMEOUT_S)
     if len(frames) < FRAMES:

@@ -50,3 +50,11 @@ def int_param(value: str, what: str) -> int:
         return int(value)
     except ValueError:
         raise web.HTTPBadRequest(text=f"{what} must be a whole number") from None
+
+
+def door_view(request: web.Request):
+    """The running door named in the path; 404 when there is none."""
+    door = context(request).doors.get(request.match_info["door"])
+    if door is None:
+        raise web.HTTPNotFound(text=f"no door {request.match_info['door']!r}")
+    return door

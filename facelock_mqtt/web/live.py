@@ -13,7 +13,7 @@ import numpy as np
 from aiohttp import web
 
 from ..pipeline.imageio import encode_jpeg
-from .common import context, error
+from .common import door_view, error
 
 BOUNDARY = "facelockframe"
 DEFAULT_FPS, MAX_FPS = 4.0, 10.0
@@ -46,10 +46,7 @@ def draw(live: tuple) -> np.ndarray:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    ctx = context(request)
-    door = ctx.doors.get(request.match_info["door"])
-    if door is None:
-        return error(404, "no such door")
+    door = door_view(request)
     try:
         fps = min(MAX_FPS, max(0.5, float(request.query.get("fps", DEFAULT_FPS))))
     except ValueError:
@@ -61,7 +58,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     loop, last = asyncio.get_running_loop(), None
     door.viewers += 1
     try:
-        while True:
+        # A still camera sends nothing new, so a closed page must be noticed without a write.
+        while request.transport is not None and not request.transport.is_closing():
             live = door.live
             if live is not None and live is not last:
                 last = live

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import paho.mqtt.client as paho
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
-import paho.mqtt.client as paho
 from mqtt_client import FakeRelay
 from service_helpers import nuaa_frames
 
@@ -143,11 +143,3 @@ def play(client: paho.Client, frames: list[bytes]) -> None:
         client.publish(TOPIC, data, qos=0)
         time.sleep(0.1)
 
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False

@@ -20,9 +20,9 @@ import paho.mqtt.client as paho
 import pytest
 from conftest import free_port
 from ingress_proxy import IngressProxy
-from mqtt_client import FakeRelay
+from mqtt_client import FakeRelay, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
-from panel_helpers import HA_USER, INGRESS_PATH, camera, no_liveness, play, wait_for
+from panel_helpers import HA_USER, INGRESS_PATH, camera, no_liveness, play
 from service_helpers import nuaa_frames
 
 from facelock_mqtt.guards.audit import list_records
@@ -141,7 +141,7 @@ def test_enroll_replay_and_report_not_me_behind_ingress(browser, running, shared
     publisher.loop_start()
     try:
         play(publisher, [p.read_bytes() for p in nuaa_frames(shared_data, "s0001", "02")])
-        assert wait_for(lambda: any(e["event_type"] == "recognized" for e in events), 30), events
+        wait_until(lambda: any(e["event_type"] == "recognized" for e in events), 30, f"a recognised event in {events}")
     finally:
         publisher.loop_stop()
     service.snapshots.flush()

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import paho.mqtt.client as paho
 from conftest import free_port
-from mqtt_client import FakeRelay
+from mqtt_client import FakeRelay, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
-from panel_helpers import camera, no_liveness, play, wait_for
+from panel_helpers import camera, no_liveness, play
 from service_helpers import nuaa_frames
 
 from facelock_mqtt.service import Service
@@ -84,12 +84,12 @@ def test_enrolled_through_the_panel_the_next_clip_unlocks_without_restart(tmp_pa
         start = first.index(b"\xff\xd8")
         frame = cv2.imdecode(np.frombuffer(first[start:], np.uint8), cv2.IMREAD_COLOR)
         assert frame is not None and frame.shape[1] == 640
-        assert wait_for(lambda: service.doors["front"].viewers == 0, 5)  # the page left: no per-frame cost
+        wait_until(lambda: service.doors["front"].viewers == 0, 5, "the live view to detach")  # no per-frame cost
 
         time.sleep(settings.decision.window_s + settings.decision.cooldown_s)  # past any attempt of the shown frames
         events.clear()
         play(publisher, after)
-        assert wait_for(lambda: any(e["event_type"] == "recognized" for e in events), 30), events
+        wait_until(lambda: any(e["event_type"] == "recognized" for e in events), 30, f"a recognised event in {events}")
         assert [e["person"] for e in events if e["event_type"] == "recognized"] == ["s0001"]
         assert service.doors["front"].live is None  # unwatched, the door keeps no frame
         assert "unlock" in relays["front"].calls
