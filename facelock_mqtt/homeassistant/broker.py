@@ -277,4 +277,6 @@ def embedded_broker_for(
     broker.start()
     log.info("no MQTT broker configured: embedded %s broker on %s:%d (started in %.0f ms)",
              broker.kind, HOST, port, 1000 * (time.monotonic() - started))  # fmt: skip
-    return settings.model_copy(update={"host": HOST, "port": port, "tls": False}), broker
+    # amqtt speaks 3.1.1 only and leaves an MQTT 5 CONNECT unanswered: say so up front.
+    update = {"host": HOST, "port": port, "tls": False, "mqtt5": settings.mqtt5 and broker.mqtt5}
+    return settings.model_copy(update=update), broker

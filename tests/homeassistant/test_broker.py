@@ -243,13 +243,7 @@ def test_a_dead_mosquitto_is_logged(caplog: pytest.LogCaptureFixture) -> None:
         assert [r.levelno for r in caplog.records if "exited with code" in r.getMessage()] == [logging.ERROR]
 
 
-AMQTT_NO_MQTT5 = pytest.mark.xfail(
-    strict=True,
-    reason="FaceLock's client opens in MQTT 5 with a Last Will; amqtt 0.12 (3.1.1 only) leaves that CONNECT "
-    "unanswered, so the client never falls back to 3.1.1: it must connect in 3.1.1 when the embedded broker's "
-    "`mqtt5` is False",
-)
-SERVICE_KINDS = ["mosquitto", pytest.param("amqtt", marks=AMQTT_NO_MQTT5)]
+SERVICE_KINDS = ["mosquitto", "amqtt"]  # FaceLock connects to amqtt in 3.1.1 (its `mqtt5` is False)
 
 
 @pytest.mark.parametrize("kind", SERVICE_KINDS)
