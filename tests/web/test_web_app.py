@@ -16,6 +16,7 @@ from panel_helpers import ingress_panel, make_context, panel_settings, token_pan
 from facelock_mqtt.guards.audit import list_records
 from facelock_mqtt.storage.snapshots import SnapshotStore
 from facelock_mqtt.web.auth import TOKEN_FILE, load_token
+from facelock_mqtt.web.server import INGRESS_PORT, PanelServer
 
 
 def run(coro):
@@ -132,3 +133,11 @@ def test_snapshot_store_is_owner_only_and_bounded(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "snaps").st_mode) == 0o700
     assert store.prune(now=time.time() + 2 * 86400) == 3 and store.seqs() == []
     store.close()
+
+
+def test_inside_the_addon_the_panel_serves_ingress_only(ctx, monkeypatch):
+    monkeypatch.setenv("SUPERVISOR_TOKEN", "supervisor-given")
+    server = PanelServer(ctx)
+    assert server.ingress and (server.host, server.port) == ("0.0.0.0", INGRESS_PORT)
+    assert server.access.allowed_peer == "172.30.32.2"
+    assert not (ctx.settings.data_dir / TOKEN_FILE).exists()  # ingress signs users in: no token

@@ -5,12 +5,14 @@ next clip of that person unlocks, with no restart; the live view streams while a
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aiohttp
 import cv2
 import numpy as np
 import paho.mqtt.client as paho
+import pytest
 from conftest import free_port
 from mqtt_client import FakeRelay, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
@@ -137,3 +139,20 @@ def test_enroll_from_the_door_camera(tmp_path, mosquitto, shared_data):
     assert status == 200, body
     assert len(body["verdicts"]) == 3 and all(v["ok"] and v["crop"] for v in body["verdicts"])
     assert confirmed == 200 and added["added"] == 3
+
+
+def test_replay_does_not_serve_the_panel(tmp_path, mosquitto):
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        mqtt={"host": mosquitto.host, "port": mosquitto.port, "client_id": "facelock_no_panel"},
+        liveness=no_liveness(tmp_path),
+        web={"port": free_port()},
+    )
+    service = Service(settings, cameras=[camera()], relay_factory=lambda door: FakeRelay())  # as `replay` builds it
+    service.start()
+    try:
+        assert service.panel is None and service.snapshots is None
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", settings.web.port), timeout=1).close()
+    finally:
+        service.stop()
