@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,6 +101,10 @@ class Gallery:
         except sqlite3.DatabaseError as exc:
             raise GalleryError(f"gallery {self.path} cannot be opened: {exc}") from exc
         self._intent: dict | None = None
+        # One connection serves the door threads and the panel's worker: a read from another
+        # thread inside an open transaction would see its uncommitted rows (a template that a
+        # failed enrollment rolls back), so transactions and the matcher's read are serialised.
+        self._lock = threading.RLock()
 
     def close(self) -> None:
         self.db.close()
@@ -143,6 +148,10 @@ class Gallery:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield from self._transaction_locked()
+
+    def _transaction_locked(self) -> Iterator[sqlite3.Connection]:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -190,11 +199,12 @@ class Gallery:
 
     def templates(self, fingerprint: str) -> tuple[np.ndarray, list[str]]:
         """All templates for `fingerprint` as an (N, D) matrix and the person of each row."""
-        rows = self.db.execute(
-            "SELECT p.name, t.vector FROM templates t JOIN samples s ON s.id = t.sample_id "
-            "JOIN people p ON p.id = s.person_id WHERE t.fingerprint = ? ORDER BY t.sample_id",
-            (fingerprint,),
-        ).fetchall()
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT p.name, t.vector FROM templates t JOIN samples s ON s.id = t.sample_id "
+                "JOIN people p ON p.id = s.person_id WHERE t.fingerprint = ? ORDER BY t.sample_id",
+                (fingerprint,),
+            ).fetchall()
         if not rows:
             return np.zeros((0, 0), np.float32), []
         return np.stack([np.frombuffer(v, np.float32) for _, v in rows]), [n for n, _ in rows]
