@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from .door import LIVENESS_UNAVAILABLE, UNTRUSTED_SOURCE, Door, DoorStats, Guards
 from .errors import ConfigError
 from .guards.audit import AUDIT_FILE, AuditLog
+from .guards.drift import DriftMonitor
 from .guards.liveness import liveness_status, load_liveness
 from .guards.lockout import Lockout
 from .homeassistant.bridge import UNKNOWN, HomeAssistantBridge
@@ -153,6 +154,7 @@ class Service:
         self.snapshots = SnapshotStore(data_dir / SNAPSHOT_DIR, settings.audit.retention_days) if self._panel_wanted else None
         for door in self.doors.values():
             door.snapshots = self.snapshots
+            door.drift = DriftMonitor.for_door(door.name, settings.drift, data_dir)
 
     def _clear_lockout(self, door: str) -> Callable[[str | None], None]:
         """Every clear request is audited: refused, cleared, or with nothing to clear."""
@@ -208,14 +210,19 @@ class Service:
                 door.process(frame)
             if period.due():  # with or without frames: a dead camera shows 0 fps, not its last rate
                 self.bridge.publish_problems(door.name, self._runtime_problems(door.name))
-                self._publish_sensors(door, {**period.values(door.stats), "rate_limited": source.stats.rate_limited})
+                drift = door.drift.score()
+                self._publish_sensors(door, {**period.values(door.stats), "rate_limited": source.stats.rate_limited,
+                                             "drift": UNKNOWN if drift is None else drift})  # fmt: skip
+                door.drift.maybe_save()
                 period = SensorPeriod(door.stats)
         door.finish(door.clock(frame) if frame is not None else time.monotonic())
+        door.drift.save()
 
     def _runtime_problems(self, door: str) -> list[str]:
         """What keeps the door from working now: the start's problems, then what failed since."""
         problems = list(self.problems[door])
         problems += [e for e in (self.guards.audit.write_error, self.guards.lockout.save_error) if e]
+        problems += self.doors[door].drift.problems() if door in self.doors else []
         try:
             free = shutil.disk_usage(self.settings.data_dir).free
         except OSError as exc:

@@ -74,6 +74,21 @@ def _liveness(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace, settings: Settings) -> int:
+    """Each door's drift statistics (guards/drift.py) as the running service last saved them."""
+    from .guards.drift import error_analysis, format_conditions, format_report, saved_monitors
+
+    monitors = {d: m for d, m in saved_monitors(settings.data_dir, settings.drift).items() if args.door in (None, d)}
+    if args.by_condition:
+        result = {door: error_analysis(m.conditions) for door, m in monitors.items()}
+        text = format_conditions(result)
+    else:
+        result = {door: m.report() for door, m in monitors.items()}
+        text = format_report(result)
+    print(json.dumps(result, indent=2) if args.json else text)
+    return 0
+
+
 def _add_liveness_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("liveness", help="install the liveness (anti-spoofing) models")
     verbs = p.add_subparsers(dest="liveness_command", required=True)
@@ -96,6 +111,11 @@ def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
     p.add_argument("--fps", type=float, default=10.0, help="frame rate of an image sequence")
     add_audit_commands(sub)
     _add_liveness_commands(sub)
+    p = sub.add_parser("drift", help="has a camera drifted from its reference (light, focus, aim, scores)? PSI per statistic")
+    p.add_argument("--door", help="only this door")
+    p.add_argument("--by-condition", action="store_true", help="decisions by brightness and face-size band instead")
+    p.add_argument("--json", action="store_true", help="JSON: {door: {statistic: {psi, drifted, ...}}}")
+    command("drift")(_drift)
     command("run")(_run)
     command("replay")(_replay)
     command("audit")(run_audit)

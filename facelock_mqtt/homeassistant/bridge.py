@@ -66,6 +66,7 @@ SENSORS: dict[str, SensorSpec] = {
     "cpu": SensorSpec("CPU", unit="%", icon="mdi:cpu-64-bit"),
     "liveness": SensorSpec("Liveness", numeric=False, diagnostic=True, icon="mdi:shield-account"),
     "rate_limited": SensorSpec("Snapshots rate-limited", diagnostic=True, icon="mdi:speedometer"),
+    "drift": SensorSpec("Drift score", diagnostic=True, icon="mdi:chart-bell-curve"),  # guards/drift.py, PSI
 }
 
 

@@ -71,7 +71,7 @@ def configs(collector: Collector) -> dict[str, dict]:
 
 
 def entities_per_door() -> int:
-    return 6 + 8  # lock, motion, problem, event, image, button + eight sensors
+    return 6 + 9  # lock, motion, problem, event, image, button + nine sensors (drift is the ninth)
 
 
 # --- discovery -----------------------------------------------------------------------------------
