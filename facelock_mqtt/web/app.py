@@ -48,6 +48,7 @@ async def index(request: web.Request) -> web.Response:
     page = (STATIC / "index.html").read_text()
     page = page.replace("__BASE__", html.escape(visitor(request).base, quote=True))
     page = page.replace("__CSRF__", html.escape(request.app[CSRF], quote=True))
+    page = page.replace("__LANGS__", " ".join(sorted(p.stem for p in (STATIC / "i18n").glob("*.json"))))
     response = web.Response(text=page, content_type="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response

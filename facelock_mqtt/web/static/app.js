@@ -364,11 +364,10 @@ async function render() {
 }
 
 async function start() {
+  const langs = (document.body.dataset.langs || "en").split(" ");  // the translations shipped
   const lang = (navigator.language || "en").slice(0, 2);
-  for (const code of [lang, "en"]) {
-    const response = await fetch(url(`static/i18n/${code}.json`));
-    if (response.ok) { T = await response.json(); break; }
-  }
+  const response = await fetch(url(`static/i18n/${langs.includes(lang) ? lang : "en"}.json`));
+  if (response.ok) T = await response.json();
   document.querySelectorAll("[data-i18n]").forEach((node) => { node.textContent = t(node.dataset.i18n); });
   window.addEventListener("hashchange", render);
   render();
