@@ -392,3 +392,10 @@ def test_docs_lockout_window_agrees_with_the_setting():
     assert LockoutSettings().window_s == 600 and "within ten minutes\n(`lockout.window_s`)" in docs
     described = LockoutSettings.model_fields["max_failures"].description
     assert "lockout.window_s (default 600 s, ten minutes)" in described and described in docs
+
+
+def test_docs_ask_for_no_restart_after_enrolling():
+    """The service reloads the gallery when the CLI or the panel changes it (Recognizer.matcher)."""
+    docs = (ROOT / "DOCS.md").read_text()
+    assert not re.search(r"[Rr]estart the add-on\**\s+after\s+enroll", docs)
+    assert "picks its changes up without a restart" in docs
