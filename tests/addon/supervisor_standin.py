@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -80,15 +80,15 @@ class SupervisorStandin:
         """The base URL, as FACELOCK_SUPERVISOR_URL takes it (the Supervisor's is http://supervisor)."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> SupervisorStandin:
+    def start(self) -> Self:
         ready = threading.Event()
-        failure: list[BaseException] = []
+        failure: list[OSError] = []
 
         def serve() -> None:
             loop = self._loop = asyncio.new_event_loop()
             try:
                 loop.run_until_complete(self._open())
-            except BaseException as exc:  # reported to start()'s caller
+            except OSError as exc:  # the port is taken, say: reported to start()'s caller
                 failure.append(exc)
                 ready.set()
                 return
@@ -118,7 +118,7 @@ class SupervisorStandin:
             self._thread.join(10)
             self._loop = self._thread = None
 
-    def __enter__(self) -> SupervisorStandin:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
