@@ -290,7 +290,10 @@ class GalleryEditor:
             if row is None:
                 return None
             db.execute("DELETE FROM samples WHERE id = ?", (sample_id,))
-            db.execute("DELETE FROM people WHERE id = ? AND NOT EXISTS (SELECT 1 FROM samples WHERE person_id = ?)", (row[0], row[0]))
+            db.execute(
+                "DELETE FROM people WHERE id = ? AND NOT EXISTS (SELECT 1 FROM samples WHERE person_id = ?)",
+                (row[0], row[0]),
+            )
             return row[1]
 
     def rename(self, old: str, new: str) -> bool:

@@ -58,7 +58,9 @@ async def capture(request: web.Request) -> web.Response:
     person = person_name(str((await read_json(request)).get("person", "")))
     frames = await collect(ctx, door, FRAMES, TIMEOUT_S)
     if len(frames) < FRAMES:
-        return error(408, f"no usable face at the camera within {TIMEOUT_S:.0f} s (one person, facing it, in good light)")
+        return error(
+            408, f"no usable face at the camera within {TIMEOUT_S:.0f} s (one person, facing it, in good light)"
+        )
     liveness = "not installed"
     if ctx.liveness is not None:
         result = await ctx.run(ctx.liveness.assess, frames)

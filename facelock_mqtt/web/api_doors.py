@@ -27,7 +27,11 @@ def door_json(ctx: PanelContext, name: str) -> dict:
         "name": name,
         "state": lock.state.value,
         "pin_required": lock.pin_required,
-        "lockout": {"locked": lockout.locked, "remaining_s": round(lockout.remaining_s, 1), "failures": lockout.failures},
+        "lockout": {
+            "locked": lockout.locked,
+            "remaining_s": round(lockout.remaining_s, 1),
+            "failures": lockout.failures,
+        },
         "sensors": ctx.metrics.latest(name),
         "frames": None if stats is None else stats.frames,
         "decisions": None if stats is None else stats.decisions,

@@ -41,12 +41,16 @@ def event_json(ctx: PanelContext, record: AuditRecord, feedback: list[dict]) -> 
     }
 
 
-def query_events(ctx: PanelContext, limit: int, door: str | None, person: str | None, outcome: str | None) -> list[dict]:
+def query_events(
+    ctx: PanelContext, limit: int, door: str | None, person: str | None, outcome: str | None
+) -> list[dict]:
     records = list_records(ctx.audit.path, camera=door, person=person, event_type=outcome)
     decisions = [r for r in records if r.event_type in OUTCOMES][-limit:]
     feedback: dict[int, list[dict]] = {}
     for r in list_records(ctx.audit.path, event_type=FEEDBACK):
-        feedback.setdefault(r.details.get("event"), []).append({"kind": r.details.get("kind"), "ts": r.ts, "actor": r.details.get("actor")})
+        feedback.setdefault(r.details.get("event"), []).append(
+            {"kind": r.details.get("kind"), "ts": r.ts, "actor": r.details.get("actor")}
+        )
     return [event_json(ctx, r, feedback.get(r.seq, [])) for r in reversed(decisions)]
 
 
@@ -133,7 +137,12 @@ def was_me(ctx: PanelContext, record: AuditRecord, person: str, add: bool, actor
         return 409, {"error": "no snapshot was kept for this event"}
     source = f"event {record.seq}"
     verdict = ctx.recognizer.photo_verdicts(person, [(source, image)])[0]
-    body = {"person": person, "crop": crop_data_url(verdict.crop), "reason": verdict.refused, "liveness": "not installed"}
+    body = {
+        "person": person,
+        "crop": crop_data_url(verdict.crop),
+        "reason": verdict.refused,
+        "liveness": "not installed",
+    }
     if verdict.refused is None and ctx.liveness is not None:
         found = ctx.recognizer.engine.analyze(image)
         live = ctx.liveness.assess([(image, found.face)]) if found is not None else None
@@ -149,7 +158,9 @@ def was_me(ctx: PanelContext, record: AuditRecord, person: str, add: bool, actor
         added = ctx.recognizer.enroll(person, [(source, image)], actor=actor)
     except EnrollmentError as exc:
         return 422, {**body, "error": str(exc), "added": 0}
-    ctx.audit.append(FEEDBACK, camera=record.camera, person=person, details={"kind": "was_me", "event": record.seq, "actor": actor})
+    ctx.audit.append(
+        FEEDBACK, camera=record.camera, person=person, details={"kind": "was_me", "event": record.seq, "actor": actor}
+    )
     return 200, {**body, "added": added}
 
 
@@ -163,7 +174,7 @@ def feedback(ctx: PanelContext, seq: int, body: dict, actor: str) -> tuple[int, 
     if kind == "was_me":
         person = body.get("person")
         if not isinstance(person, str) or not person.strip():
-            return 400, {"error": "say who it was: {\"kind\": \"was_me\", \"person\": NAME}"}
+            return 400, {"error": 'say who it was: {"kind": "was_me", "person": NAME}'}
         return was_me(ctx, record, person.strip(), body.get("add") is True, actor)
     return 400, {"error": "kind must be not_me or was_me"}
 

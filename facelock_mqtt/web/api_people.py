@@ -78,7 +78,9 @@ def enroll_checked(ctx: PanelContext, name: str, uploads: list[Upload], actor: s
     readable = [(u.name, u.image) for u in uploads if u.image is not None]
     checked = iter(ctx.recognizer.photo_verdicts(name, readable)) if readable else iter(())
     verdicts = [
-        {"photo": u.name, "ok": False, "reason": u.refused, "crop": None} if u.image is None else verdict_json(next(checked))
+        {"photo": u.name, "ok": False, "reason": u.refused, "crop": None}
+        if u.image is None
+        else verdict_json(next(checked))
         for u in uploads
     ]
     refused = [v for v in verdicts if not v["ok"]]

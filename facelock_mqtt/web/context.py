@@ -48,7 +48,9 @@ class PanelContext:
     # Frames of "look at the camera" awaiting the owner's confirmation: key -> (time, person, images).
     captures: dict[str, tuple[float, str, list[tuple[str, np.ndarray]]]] = field(default_factory=dict)
     # One thread for gallery work: changes are serialised and the event loop never blocks on a model.
-    worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="facelock-panel"))
+    worker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="facelock-panel")
+    )
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.worker, function, *args)

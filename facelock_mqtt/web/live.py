@@ -38,7 +38,9 @@ def draw(live: tuple) -> np.ndarray:
         if match is not None:
             lines.append(f"{match.person or '-'} {match.score:.3f} / {match.threshold:.3f}")
         for i, line in enumerate(lines):
-            cv2.putText(picture, line, (x, max(14, y - 6 - 16 * i)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+            cv2.putText(
+                picture, line, (x, max(14, y - 6 - 16 * i)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA
+            )
     if picture.shape[1] > MAX_WIDTH:
         scale = MAX_WIDTH / picture.shape[1]
         picture = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -63,7 +65,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             live = door.live
             if live is not None and live is not last:
                 last = live
-                jpeg = await loop.run_in_executor(None, lambda: encode_jpeg(draw(live), 75))
+                jpeg = await loop.run_in_executor(None, encode_jpeg, draw(live), 75)
                 header = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                 await response.write(header.encode() + jpeg + b"\r\n")
             await asyncio.sleep(1.0 / fps)

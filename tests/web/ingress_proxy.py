@@ -31,11 +31,14 @@ class IngressProxy:
             raise web.HTTPNotFound()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         headers.update({"X-Ingress-Path": self.prefix, **self.user})
-        path = request.path_qs[len(self.prefix):]
-        async with self._session.request(request.method, self.target + path, headers=headers,
-                                         data=await request.read(), allow_redirects=False) as upstream:
-            response = web.StreamResponse(status=upstream.status, headers={
-                k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS})
+        path = request.path_qs[len(self.prefix) :]
+        async with self._session.request(
+            request.method, self.target + path, headers=headers, data=await request.read(), allow_redirects=False
+        ) as upstream:
+            response = web.StreamResponse(
+                status=upstream.status,
+                headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS},
+            )
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():  # streams the MJPEG live view too
                 await response.write(chunk)

@@ -142,4 +142,3 @@ def play(client: paho.Client, frames: list[bytes]) -> None:
     for data in frames:
         client.publish(TOPIC, data, qos=0)
         time.sleep(0.1)
-

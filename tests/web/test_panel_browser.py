@@ -91,7 +91,9 @@ def screenshot(page, name: str) -> None:
 
 
 def loaded(page, selector: str) -> bool:
-    return page.eval_on_selector_all(selector, "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)")
+    return page.eval_on_selector_all(
+        selector, "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+    )
 
 
 @pytest.fixture
@@ -104,7 +106,9 @@ def running(tmp_path, mosquitto):
         web={"port": free_port()},
     )
     events: list[dict] = []
-    service = Service(settings, cameras=[camera()], on_event=events.append, relay_factory=lambda d: FakeRelay(), panel=True)
+    service = Service(
+        settings, cameras=[camera()], on_event=events.append, relay_factory=lambda d: FakeRelay(), panel=True
+    )
     service.start()
     panel = PanelServer(panel_context(service), ingress=True, allowed_peer="127.0.0.1", port=free_port())
     panel.start()

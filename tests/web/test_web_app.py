@@ -56,7 +56,16 @@ def test_token_access_bearer_cookie_redirect_and_csrf(ctx, tmp_path):
             cookie = opened.cookies["facelock_token"]
             page = await client.get("/")  # the client keeps the cookie, as a browser does
             forged = await client.post("/api/doors/front/lock")  # cookie only: a cross-site form could do this
-            return anonymous.status, wrong.status, bearer.status, script.status, opened, cookie, page.status, forged.status
+            return (
+                anonymous.status,
+                wrong.status,
+                bearer.status,
+                script.status,
+                opened,
+                cookie,
+                page.status,
+                forged.status,
+            )
 
     anonymous, wrong, bearer, script, opened, cookie, page, forged = run(go())
     assert (anonymous, wrong, bearer, script) == (401, 401, 200, 200)
@@ -94,7 +103,10 @@ def test_doors_unlock_only_with_the_pin_and_every_command_is_audited(ctx, relay)
     assert status == 200 and body["state"] in ("UNLOCKING", "UNLOCKED") and "unlock" in relay.calls
     commands = [r.details for r in list_records(ctx.audit.path, event_type="panel_command")]
     assert [(c["action"], c["accepted"]) for c in commands] == [
-        ("unlock", False), ("open", False), ("lock", True), ("unlock", True)
+        ("unlock", False),
+        ("open", False),
+        ("lock", True),
+        ("unlock", True),
     ]
     assert commands[0]["refused"] == "code_missing" and commands[1]["refused"] == "wrong_code"
     assert all("Alice Owner" in c["actor"] for c in commands)

@@ -33,8 +33,17 @@ def decide(ctx, outcome: str, frame, person: str | None, door: str = "front") ->
     image = read_image(frame)
     found = ctx.recognizer.identify(image)
     score = None if found.match is None else found.match.score
-    details = {"score": score, "threshold": 0.566, "far_target": 1e-6, "frames_used": 2, "latency_ms": 120.0,
-               "reason": f"{outcome} for the test", "liveness": None, "scores": [score], "reasons": ["match"]}
+    details = {
+        "score": score,
+        "threshold": 0.566,
+        "far_target": 1e-6,
+        "frames_used": 2,
+        "latency_ms": 120.0,
+        "reason": f"{outcome} for the test",
+        "liveness": None,
+        "scores": [score],
+        "reasons": ["match"],
+    }
     record = ctx.audit.append(outcome, camera=door, person=person, details=details)
     ctx.snapshots.save(record.seq, image, found.result.face)
     ctx.snapshots.flush()
@@ -58,7 +67,9 @@ def test_timeline_lists_decisions_newest_first_with_snapshots_and_filters(ctx, s
             front = await (await panel.get("/api/events?door=front&person=s0001&limit=5")).json()
             snapshot = await panel.get(f"/api/events/{first}/snapshot.jpg")
             missing = await panel.get("/api/events/999/snapshot.jpg")
-            bad = [await panel.get(q) for q in ("/api/events?outcome=opened", "/api/events?limit=0", "/api/events?limit=x")]
+            bad = [
+                await panel.get(q) for q in ("/api/events?outcome=opened", "/api/events?limit=0", "/api/events?limit=x")
+            ]
             return first, second, every, denied, front, snapshot.status, await snapshot.read(), missing.status, bad
 
     first, second, every, denied, front, status, jpeg, missing, bad = run(go())
@@ -67,7 +78,11 @@ def test_timeline_lists_decisions_newest_first_with_snapshots_and_filters(ctx, s
     assert [e["id"] for e in front["events"]] == [first]
     event = front["events"][0]
     assert event["outcome"] == "recognized" and event["person"] == "s0001" and event["score"] > 0.566
-    assert event["frames_used"] == 2 and event["latency_ms"] == 120.0 and event["snapshot"] == f"api/events/{first}/snapshot.jpg"
+    assert (
+        event["frames_used"] == 2
+        and event["latency_ms"] == 120.0
+        and event["snapshot"] == f"api/events/{first}/snapshot.jpg"
+    )
     assert status == 200 and cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
     assert missing == 404 and [r.status for r in bad] == [400, 400, 400]
 
@@ -94,9 +109,12 @@ def test_that_was_not_me_marks_templates_notifies_and_audits(ctx, shared_data):
     assert body["marked"] and set(body["marked"]) <= {t["id"] for t in templates}
     assert all((t["review"] is not None) == (t["id"] in body["marked"]) for t in templates)
     assert people["people"][0]["review"] == len(body["marked"])
-    (door, sent), = ctx.notified
+    ((door, sent),) = ctx.notified
     assert door == "front" and sent["event_type"] == "reported_not_me" and sent["reported_event"] == seq
-    assert list_records(ctx.audit.path, event_type="review_cleared")[0].details["template"] == people["people"][0]["templates"][0]["id"]
+    assert (
+        list_records(ctx.audit.path, event_type="review_cleared")[0].details["template"]
+        == people["people"][0]["templates"][0]["id"]
+    )
     (feedback,) = list_records(ctx.audit.path, event_type="feedback")
     assert feedback.details["kind"] == "not_me" and "Alice Owner" in feedback.details["actor"]
     assert next(e for e in events["events"] if e["id"] == seq)["feedback"][0]["kind"] == "not_me"
@@ -109,8 +127,12 @@ def test_that_was_me_adds_the_frame_only_when_it_is_that_person(ctx, shared_data
             own = decide(ctx, "denied", nuaa_frames(shared_data, "s0001", "02")[3], None)
             stranger = decide(ctx, "denied", nuaa_frames(shared_data, "s0004", "01")[0], None)
             offer = await panel.post(f"/api/events/{own}/feedback", json={"kind": "was_me", "person": "s0001"})
-            added = await panel.post(f"/api/events/{own}/feedback", json={"kind": "was_me", "person": "s0001", "add": True})
-            refused = await panel.post(f"/api/events/{stranger}/feedback", json={"kind": "was_me", "person": "s0001", "add": True})
+            added = await panel.post(
+                f"/api/events/{own}/feedback", json={"kind": "was_me", "person": "s0001", "add": True}
+            )
+            refused = await panel.post(
+                f"/api/events/{stranger}/feedback", json={"kind": "was_me", "person": "s0001", "add": True}
+            )
             nobody = await panel.post(f"/api/events/{own}/feedback", json={"kind": "was_me", "person": "zed"})
             return [(r.status, await r.json()) for r in (offer, added, refused, nobody)]
 

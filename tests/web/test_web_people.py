@@ -17,7 +17,9 @@ from facelock_mqtt.guards.audit import list_records
 
 @pytest.fixture
 def ctx(tmp_path):
-    context = make_context(panel_settings(tmp_path, web={"max_upload_bytes": 2_000_000, "max_upload_pixels": 4_000_000}))
+    context = make_context(
+        panel_settings(tmp_path, web={"max_upload_bytes": 2_000_000, "max_upload_pixels": 4_000_000})
+    )
     yield context
     context.close()
     context.recognizer.close()
@@ -45,7 +47,9 @@ def test_enroll_by_upload_lists_the_person_with_crops_and_records_the_ha_user(ct
             response = await panel.upload("s0001", nuaa_photos(shared_data, "s0001", "01"))
             body = await response.json()
             assert response.status == 200, body
-            assert body["added"] == 3 and all(v["ok"] and v["crop"].startswith("data:image/png") for v in body["verdicts"])
+            assert body["added"] == 3 and all(
+                v["ok"] and v["crop"].startswith("data:image/png") for v in body["verdicts"]
+            )
             people = await (await panel.get("/api/people")).json()
             crop = await panel.get("/" + people["people"][0]["templates"][0]["crop"])
             return people, crop.status, await crop.read()

@@ -23,6 +23,7 @@ from facelock_mqtt.service import Service
 from facelock_mqtt.settings import load_settings
 from facelock_mqtt.web.auth import load_token
 
+
 async def watch_then_enroll(url: str, token: str, show, photos: list[tuple[str, bytes]]) -> tuple[bytes, int, dict]:
     """Open the live view, let the camera show frames, read the first whole JPEG; then enroll."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
