@@ -361,6 +361,19 @@ def test_eval_folder_without_two_identities_is_one_line(
     assert_one_line_error(*run(capsys, "eval", "folder", "--data", str(singles)), "no identity has two images")
 
 
+def test_a_report_that_cannot_be_written_is_one_line(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, deepface: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "faces"
+    for name, files in {"alice": ALICE, "bob": BOB}.items():
+        (data / name).mkdir(parents=True)
+        for file in files:
+            shutil.copy(deepface / file, data / name)
+    report = tmp_path / "no-such-folder" / "report.json"
+    code, out, err = run(capsys, "eval", "folder", "--data", str(data), "--json", str(report))
+    assert code == 2 and err.strip().splitlines() == [f"facelock: error: {report}: No such file or directory"]
+
+
 def limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
