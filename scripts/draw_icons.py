@@ -21,7 +21,10 @@ SS = 4  # supersampling factor
 def glyph(canvas: np.ndarray, x: int, y: int, size: int) -> None:
     """The padlock-face in the square at (x, y) of side `size`, in supersampled pixels."""
     s = size / 128
-    p = lambda u, v: (int(x + u * s), int(y + v * s))  # noqa: E731 (a local unit conversion)
+
+    def p(u: float, v: float) -> tuple[int, int]:  # glyph units (0..128) to canvas pixels
+        return int(x + u * s), int(y + v * s)
+
     cv2.rectangle(canvas, p(4, 4), p(124, 124), BLUE, -1, cv2.LINE_AA)
     cv2.ellipse(canvas, p(64, 52), (int(26 * s), int(28 * s)), 0, 180, 360, WHITE, int(10 * s), cv2.LINE_AA)
     cv2.line(canvas, p(38, 52), p(38, 62), WHITE, int(10 * s), cv2.LINE_AA)

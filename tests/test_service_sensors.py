@@ -54,7 +54,9 @@ def test_start_replaces_the_previous_process_values(mosquitto: Mosquitto, servic
         # No frame arrives: 0 fps, no pass rate, no latency to speak of (Home Assistant: unknown).
         wait_until(lambda: len(watcher.payloads(TOPICS.sensor(DOOR, "fps"))) >= 3, what="a sensor period")
         assert {k: latest(watcher, k) for k in ("fps", "gate_pass_rate", "decision_latency")} == {
-            "fps": b"0.0", "gate_pass_rate": b"None", "decision_latency": b"None"
+            "fps": b"0.0",
+            "gate_pass_rate": b"None",
+            "decision_latency": b"None",
         }
         assert float(latest(watcher, "cpu")) >= 0.0
     finally:

@@ -22,9 +22,10 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from facelock_mqtt.tools import addon_schema
 from facelock_mqtt.errors import ConfigError
 from facelock_mqtt.settings import CameraSettings, load_settings
+from facelock_mqtt.tools import addon_schema
+from facelock_mqtt.tools.addon_schema import IMAGE_LIVENESS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -274,12 +275,12 @@ def test_default_options_load_as_the_model_defaults(tmp_path, no_facelock_env):
     settings = load_settings()
     addon = settings.model_dump()
     # The one intended difference: liveness models live in the user-visible add-on folder.
-    assert addon.pop("liveness")["models"] == Path("/config/liveness") and model.pop("liveness")["models"] is None
+    assert addon.pop("liveness")["models"] == Path(IMAGE_LIVENESS) and model.pop("liveness")["models"] is None
     assert addon == model
     assert settings.cameras == []
     assert settings.match.target_far == CONFIG["options"]["match"]["target_far"]
     assert settings.decision.k == 2 and settings.lock.pin is None
-    assert settings.liveness.models == Path("/config/liveness")
+    assert settings.liveness.models == Path(IMAGE_LIVENESS)
     assert settings.mqtt.base_topic == "facelock" and settings.mqtt.host is None
 
 
@@ -326,7 +327,7 @@ def test_an_option_unknown_to_the_model_is_refused(tmp_path, no_facelock_env):
 
 # --- what the store and a new user see (issue 11) ----------------------------------------------------
 
-PLACEHOLDER = re.compile(r"\.example\b|example\.(com|org|net)|\.invalid\b|\.test\b|placeholder|changeme", re.I)
+PLACEHOLDER = re.compile(r"\.example\b|example\.(com|org|net)|\.invalid\b|\.test\b|placeholder|changeme", re.IGNORECASE)
 
 
 def test_manifests_carry_no_placeholder_url_or_maintainer():
@@ -374,7 +375,7 @@ def test_docs_automation_example_is_valid_for_the_oldest_supported_home_assistan
     `action:`/`service:`; `triggers:`, `trigger: state`, `actions:` and `action: x.y` came in 2024.10."""
     assert CONFIG["homeassistant"] == "2024.3.0"
     docs = (ROOT / "DOCS.md").read_text()
-    block = re.search(r"```yaml\n(automation:\n.*?)```", docs, re.S)
+    block = re.search(r"```yaml\n(automation:\n.*?)```", docs, re.DOTALL)
     assert block, "DOCS.md has no automation example"
     (automation,) = yaml.safe_load(block.group(1))["automation"]
     assert set(automation) == {"alias", "trigger", "action"}
