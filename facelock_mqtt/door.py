@@ -238,6 +238,14 @@ class Door:
             self.drift.observe_decision(event)
         if self.on_event is not None:
             self.on_event(event)
+        if outcome == "recognized" and liveness is not None and self.recognizer.match_settings.adaptive_templates:
+            self._adapt(decision.person, frames, liveness.score)
+
+    def _adapt(self, person: str, frames: list[tuple[np.ndarray, object]], liveness_score: float) -> None:
+        """A guarded template update from this unlock (recognizer.guarded_update), after the door moved."""
+        threshold = self.guards.liveness.point.threshold
+        update = self.recognizer.guarded_update(person, frames, liveness_score, threshold, self.settings.k, self.name)
+        log.info("door %s: adaptive template for %s %s", self.name, person, "added" if update.added else "not added: " + update.reason)
 
     def _verdict(self, decision: Decision, frames: list[tuple[np.ndarray, object]]) -> tuple[str, str, object]:
         """(outcome, reason, liveness result): the attempt's decision after the guards."""

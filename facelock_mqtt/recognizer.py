@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EnrollmentError
-from .guards.audit import AuditLog
+from .guards.audit import AuditLog, list_records
+from .guards.drift import Aging, score_trend
 from .guards.integrity import audited_change, check_gallery, flush_journal, record_gallery
 from .models.bundle import Bundle, load_bundle
 from .models.default_bundle import default_bundle
@@ -239,9 +240,93 @@ class Recognizer:
         with self._change(f"renamed {old!r} to {new!r}", new, actor):
             return self.editor.rename(old, new)
 
+    # --- maintenance (issue 13): guarded template updates and template aging ---
+
+    def guarded_update(
+        self, name: str, frames: list[tuple[np.ndarray, object]], liveness_score: float | None,
+        liveness_threshold: float, k: int, source: str = "unlock",
+    ) -> TemplateUpdate:  # fmt: skip
+        """Add one adaptive template of `name` from the frames (image, detected face) of a recent
+        unlock, only when every guard holds: liveness passed with LIVENESS_MARGIN, k frames
+        matched `name` with SCORE_MARGIN above the threshold (and the runner-up margin), the new
+        face still matches `name`'s ORIGINAL enrollment photos with that margin, and it would
+        not merge two people. Adaptive templates never vouch for the next one, so nobody can walk
+        a person's templates towards another face; at most MAX_ADAPTIVE are kept (oldest goes).
+        """
+        refusal, sample = self._update_candidate(name, frames, liveness_score, liveness_threshold, k, source)
+        if sample is None:
+            log.info("template update for %s refused: %s", name, refusal)
+            return TemplateUpdate(False, refusal or "refused")
+        adaptive = [t for t in self.editor.template_infos(name) if t.source.startswith(ADAPTIVE_SOURCE)]
+        for old in adaptive[: max(0, len(adaptive) - MAX_ADAPTIVE + 1)]:
+            self.remove_template(old.id, actor=UPDATE_ACTOR)
+        with self._change("adaptive template added from an unlock", name, UPDATE_ACTOR):
+            self.gallery.add(name, [sample], self.fingerprint)
+        return TemplateUpdate(True, "added")
+
+    def _update_candidate(
+        self, name: str, frames: list[tuple[np.ndarray, object]], liveness_score: float | None,
+        liveness_threshold: float, k: int, source: str,
+    ) -> tuple[str | None, Sample | None]:  # fmt: skip
+        if liveness_score is None or not liveness_score >= liveness_threshold + LIVENESS_MARGIN:
+            return f"liveness {liveness_score} not at threshold {liveness_threshold:.3f} + {LIVENESS_MARGIN}", None
+        matcher = self.matcher
+        wanted = matcher.threshold.threshold + SCORE_MARGIN
+        matched = []
+        for image, face in frames:
+            result = self.engine.analyze_faces(image, [face])
+            if result is None or result.embedding is None:
+                continue
+            match = matcher.match(result.embedding)
+            if match.accepted and match.person == name and match.score > wanted:
+                matched.append((match.score, result))
+        if len(matched) < k:
+            return f"{len(matched)} frame(s) matched {name} above {wanted:.3f}, {k} needed", None
+        best = max(matched, key=lambda pair: pair[0])[1]
+        originals = self._original_templates(name)
+        original = float(np.max(originals @ best.embedding.astype(np.float32))) if len(originals) else -1.0
+        if not original > wanted:
+            return f"does not match {name}'s original enrollment (best {original:.3f} <= {wanted:.3f})", None
+        merge = self.merge_problem(name, best.embedding)
+        if merge is not None:
+            return merge, None
+        return None, Sample(best.crop, best.embedding, ADAPTIVE_SOURCE + source)
+
+    def _original_templates(self, name: str) -> np.ndarray:
+        """`name`'s templates from enrollment, without the adaptive ones."""
+        originals = {t.id for t in self.editor.template_infos(name) if not t.source.startswith(ADAPTIVE_SOURCE)}
+        vectors = [v for sid, v in self.editor.template_vectors(name, self.fingerprint) if sid in originals]
+        return np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
+
+    def template_aging(self) -> list[Aging]:
+        """Each enrolled person's trend of genuine scores over their unlocks in the audit trail;
+        `flagged` when it falls steadily (re-enroll them, or let guarded updates follow)."""
+        if self.audit is None:
+            return []
+        history: dict[str, list[tuple[float, float]]] = {}
+        for record in list_records(self.audit.path, event_type="recognized"):
+            if record.person is not None and isinstance(record.details.get("score"), int | float):
+                history.setdefault(record.person, []).append((record.ts, float(record.details["score"])))
+        enrolled = {p.name for p in self.gallery.people()}
+        return [score_trend(person, points) for person, points in sorted(history.items()) if person in enrolled]
+
 
 @dataclass(frozen=True)
 class PhotoVerdict:
     source: str
     refused: str | None  # why the photo would be refused; None: it would be enrolled
     crop: np.ndarray | None  # the aligned face crop, when a face was found
+
+
+# Guarded template updates: adaptive templates are marked by their source and capped.
+ADAPTIVE_SOURCE = "adaptive:"
+MAX_ADAPTIVE = 3  # per person; enrollment templates are never replaced
+LIVENESS_MARGIN = 0.1  # above the liveness threshold
+SCORE_MARGIN = 0.05  # cosine above the served threshold, for the matched frames and the originals
+UPDATE_ACTOR = "guarded template update"
+
+
+@dataclass(frozen=True)
+class TemplateUpdate:
+    added: bool
+    reason: str  # "added", or why not

@@ -85,6 +85,12 @@ class MatchSettings(Section):
     min_margin: float = Field(
         0.05, ge=0.0, le=1.0, description="Least cosine margin of the best person over the second-best person."
     )
+    adaptive_templates: bool = Field(
+        False,
+        description="After an unlock that passed liveness and matched with margin, add the face as an adaptive "
+        "template (at most 3 per person, each must still match the enrollment photos) so that the gallery follows "
+        "slow changes (docs/DRIFT.md).",
+    )
 
 
 class MqttSettings(Section):

@@ -327,3 +327,47 @@ def format_conditions(analyses: dict[str, dict[str, dict[str, dict]]]) -> str:
                 outcomes = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("total", "recognized_share"))
                 lines.append(f"  {key:<10} {band:<20} {row['total']:>5} decisions, {100 * row['recognized_share']:.1f} % recognised ({outcomes})")
     return "\n".join(lines) if lines else "no decisions recorded yet"
+
+
+# --- template aging: a person whose genuine scores fall steadily --------------------------------
+
+AGING_MIN_UNLOCKS = 10  # fewer unlocks say nothing about a trend
+AGING_MIN_DROP = 0.05  # cosine the fitted line falls over the unlocks considered
+AGING_T = -3.0  # the fall must be steady: the slope's t statistic at or below this
+
+
+@dataclass(frozen=True)
+class Aging:
+    person: str
+    unlocks: int
+    drop: float  # fitted score at the first unlock minus at the last; > 0 is a fall
+    t: float  # t statistic of the fitted slope (negative: falling)
+    first: float  # fitted score at the first and the last unlock
+    last: float
+
+    @property
+    def flagged(self) -> bool:
+        return self.unlocks >= AGING_MIN_UNLOCKS and self.drop >= AGING_MIN_DROP and self.t <= AGING_T
+
+    def as_dict(self) -> dict:
+        return {**{k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}, "flagged": self.flagged}
+
+
+def score_trend(person: str, history: list[tuple[float, float]]) -> Aging:
+    """Least-squares line through (time, best score) of a person's unlocks, oldest first.
+
+    Judged by its fall over the span and by its t statistic, not by its slope per day, so that
+    a door used every day and one used weekly are held to the same standard."""
+    times = np.asarray([t for t, _ in history], float)
+    scores = np.asarray([s for _, s in history], float)
+    n = len(scores)
+    if n < 3 or np.ptp(times) <= 0:
+        return Aging(person, n, 0.0, 0.0, float(scores.mean()) if n else 0.0, float(scores.mean()) if n else 0.0)
+    x = times - times.mean()
+    slope = float(x @ (scores - scores.mean()) / (x @ x))
+    fitted = scores.mean() + slope * x
+    residual = float(np.sum((scores - fitted) ** 2)) / (n - 2)
+    se = math.sqrt(residual / float(x @ x)) if residual > 0 else 0.0
+    t = slope / se if se > 0 else (-math.inf if slope < 0 else math.inf if slope > 0 else 0.0)
+    first, last = float(fitted[0]), float(fitted[-1])
+    return Aging(person, n, first - last, max(min(t, 1e6), -1e6), first, last)
