@@ -91,9 +91,18 @@ def screenshot(page, name: str) -> None:
 
 
 def loaded(page, selector: str) -> bool:
-    return page.eval_on_selector_all(
-        selector, "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+    """Every image matching `selector` has loaded and has pixels (waits up to 10 s)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # the fixture made sure it is there
+
+    script = (
+        "s => { const i = [...document.querySelectorAll(s)];"
+        " return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0); }"
     )
+    try:
+        page.wait_for_function(script, arg=selector, timeout=10_000)
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -156,14 +165,19 @@ def test_enroll_replay_and_report_not_me_behind_ingress(browser, running, shared
     row.wait_for()
     assert "s0001" in row.inner_text()
     assert loaded(page, "li.event.recognized img.snapshot")
-    screenshot(page, "events")
     row.locator("button.danger").click()
     page.locator("#toast", has_text="marked for review").wait_for()
+    offer = row.locator(".offer figure")  # the marked templates, offered for removal
+    assert offer.count() >= 1 and loaded(page, "li.event.recognized .offer img")
+    screenshot(page, "events")
+    offer.first.locator("button.danger").click()
+    offer.first.get_by_text("removed").wait_for()
     (report,) = list_records(service.guards.audit.path, event_type="feedback")
     assert report.details["kind"] == "not_me" and "Alice Owner" in report.details["actor"]
 
     show(page, proxy.url, "people")
     page.wait_for_selector('[data-person="s0001"] .badge.warn')
+    assert page.locator('[data-person="s0001"] .template').count() == 2  # one removed from the event
     screenshot(page, "people")
     show(page, proxy.url, "doors")
     assert page.inner_text('[data-testid="lock-state"]') in ("LOCKED", "UNLOCKED", "UNLOCKING")

@@ -236,13 +236,32 @@ async function eventsPage() {
   return [el("h1", { text: t("events.title") }), bar, list];
 }
 
+// After "that was not me": the marked templates, each with a button to remove it at once.
+function removalOffer(person, ids) {
+  const offer = el("div", { class: "templates offer" }, el("p", { text: t("events.offer", { name: person }) }));
+  for (const id of ids) {
+    const figure = el("figure", { class: "template review", "data-template": id });
+    const drop = async () => {
+      const result = await api(`api/templates/${id}`, { method: "DELETE" });
+      if (!result.ok) return toast(result.data.error, true);
+      figure.replaceChildren(el("p", { text: t("events.removed") }));
+    };
+    figure.append(
+      el("img", { src: url(`api/templates/${id}/crop.png`), alt: `${person} #${id}`, width: 112, height: 112 }),
+      el("button", { class: "danger", onclick: drop, text: t("common.remove") }),
+    );
+    offer.append(figure);
+  }
+  return offer;
+}
+
 function eventRow(event, people) {
   const actions = el("div", { class: "row" });
   const notMe = async () => {
     const result = await api(`api/events/${event.id}/feedback`, { method: "POST", json: { kind: "not_me" } });
     if (!result.ok) return toast(result.data.error, true);
     toast(t("events.reported", { count: result.data.marked.length, name: result.data.person }));
-    render();
+    actions.replaceChildren(removalOffer(result.data.person, result.data.marked));
   };
   const wasMe = () => {
     const who = el("select", { "aria-label": t("events.who") }, people.map((p) => el("option", { value: p.name, text: p.name })));
