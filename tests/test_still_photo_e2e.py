@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
-import pytest
 from mqtt_client import FakeRelay
 from paho.mqtt.enums import CallbackAPIVersion
 from service_helpers import Watcher, enroll, nuaa_frames
@@ -129,7 +128,9 @@ def test_a_still_picture_as_mqtt_snapshots_never_unlocks(tmp_path, shared_data, 
     assert_refused_for_no_life(events, relay, states)
 
 
-def test_the_person_in_person_unlocks_through_the_same_snapshot_topic(tmp_path, shared_data, mosquitto, liveness_models):
+def test_the_person_in_person_unlocks_through_the_same_snapshot_topic(
+    tmp_path, shared_data, mosquitto, liveness_models
+):
     """The control: the same camera, topic and person, live consecutive captures: it unlocks."""
     settings = make_settings(tmp_path, mosquitto, liveness={"models": liveness_models})
     enroll(settings, shared_data, PERSON, "01")

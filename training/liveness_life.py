@@ -25,7 +25,6 @@ two door-camera frames (docs/LIVENESS.md says what that means).
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import sys
 import tempfile
@@ -91,7 +90,9 @@ def still_attempts(
     for sigma, quality, factor in conditions:
         values = []
         for source in sources:
-            image = source if factor == 1.0 else cv2.resize(source, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+            image = source
+            if factor != 1.0:
+                image = cv2.resize(source, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
             attempt = detected(engine, [still_copy(image, sigma, quality, rng) for _ in range(frames)])
             if attempt is not None:
                 values.append(face_motion(attempt))
@@ -199,70 +200,105 @@ def timing(pairs: list, frames: int, repeats: int = 20) -> float:
     return 1000 * (time.perf_counter() - start) / repeats
 
 
+def noise_floor(engine: FaceEngine, sources: list[np.ndarray], sizes: list[int], repeats: int) -> float:
+    """Print the still-picture distributions; return the floor (largest value at sigma 1-3)."""
+    floors = []
+    for size in sizes:
+        print(f"noise floor, still picture, attempts of {size} frames (face widths):")
+        for (sigma, quality, factor), values in still_attempts(engine, sources * repeats, size).items():
+            print(f"  sigma {sigma:g}, JPEG {quality}, face x{factor:<4g} {describe(values)}")
+            if sigma != STRESS_SIGMA:
+                floors.append(max(values))
+    return max(floors)
+
+
+def probes(engine: FaceEngine, sources: list[np.ndarray], threshold: float) -> None:
+    """Print what the cue sees (known shifts) and what it must not (exposure, a hand)."""
+    print("sensitivity, a still moved by a known shift (sigma 2, JPEG 90), 2 frames:")
+    found = {f"shift {share:.3f} face widths": v for share, v in shift_probe(engine, sources).items()}
+    found.update({f"{name} (not motion)": v for name, v in not_motion_probe(engine, sources).items()})
+    for name, values in found.items():
+        print(f"  {name}: {describe(values)}; seen {len(values) - rejected(values, threshold)}/{len(values)}")
+
+
+def live_and_prints(sessions: list, size: int, threshold: float, cnn_threshold: float) -> dict[str, float]:
+    """Print live NUAA attempts' motion and rejections (per person) and the prints' outcome."""
+    live = windows(sessions, size, live=True)
+    motions = [m for _, _, m in live]
+    cnn_ok = [c >= cnn_threshold for _, c, _ in live]
+    life_ok = [m is not None and m >= threshold for m in motions]
+    both = sum(a and b for a, b in zip(cnn_ok, life_ok))
+    people = sorted({p for p, _, _ in live})
+    total = len(live)
+    print(f"\nlive NUAA attempts of {size} consecutive frames ({len(people)} people, {total} attempts):")
+    print(f"  face motion: {describe(motions)}")
+    print(f"  BPCER, life cue alone: {total - sum(life_ok)}/{total}; CNN alone: {total - sum(cnn_ok)}/{total}; "
+          f"CNN and life: {total - both}/{total}")
+    for person in people:
+        mine = [m for p, _, m in live if p == person]
+        print(f"    {person}: {rejected(mine, threshold)}/{len(mine)} without evidence of life, "
+              f"min motion {min(mine):.4f}")
+    attacks = windows(sessions, size, live=False)
+    moved = [m is not None and m >= threshold for _, _, m in attacks]
+    passed = [c >= cnn_threshold and ok for (_, c, _), ok in zip(attacks, moved)]
+    print(f"  NUAA print attempts: {sum(moved)}/{len(attacks)} show face motion (held by hand); "
+          f"accepted by CNN and life: {sum(passed)}/{len(attacks)}")
+    return {
+        f"life_live_bpcer_{size}_frames": (total - sum(life_ok)) / total,
+        f"life_live_min_{size}_frames": float(min(m for m in motions if m is not None)),
+    }
+
+
+def latency(sessions: list, threshold: float, decision: DecisionSettings) -> float:
+    """Print how many frames live attempts need before showing life, and the cue's cost; return
+    the share of live attempts that never show it within LIFE_MAX_FRAMES."""
+    longest = liveness.LIFE_MAX_FRAMES
+    needed = frames_to_evidence(sessions, threshold, longest)
+    counts = {m: needed.count(m) for m in (*range(2, longest + 1), None)}
+    shown = ", ".join(f"{'never' if m is None else m}: {c}" for m, c in counts.items())
+    print(f"\nframes a live NUAA attempt needs before the face shows life (door waits up to {longest}): "
+          f"{shown} of {len(needed)}")
+    some = sessions[0][1]
+    print(f"\ncost of face_motion: {timing(some, decision.k):.1f} ms for {decision.k} frames, "
+          f"{timing(some, decision.n):.1f} ms for {decision.n} (this machine, 1 thread of OpenCV's choosing)")
+    return counts[None] / len(needed)
+
+
 def report(args: argparse.Namespace, engine: FaceEngine, model: liveness.LivenessModel) -> dict[str, float]:
     decision = DecisionSettings()
+    sizes = sorted({decision.k, decision.n})
     sessions = session_frames(args.nuaa, engine, model)
     sources = [pairs[0][0] for info, pairs in sessions if info["live"]]  # one still per live session
     print(f"NUAA: {sum(i['live'] for i, _ in sessions)} live and {sum(not i['live'] for i, _ in sessions)} print "
           f"sessions; stills from the first frame of each live session ({len(sources)})\n")
-    floors = {}
-    for size in sorted({decision.k, decision.n}):
-        print(f"noise floor, still picture, attempts of {size} frames (face widths):")
-        for (sigma, quality, factor), values in still_attempts(engine, sources * args.repeats, size).items():
-            print(f"  sigma {sigma:g}, JPEG {quality}, face x{factor:<4g} {describe(values)}")
-            if sigma != STRESS_SIGMA:
-                floors[(size, sigma, quality, factor)] = max(values)
-    floor = max(floors.values())
+    floor = noise_floor(engine, sources, sizes, args.repeats)
     threshold = LIFE_MARGIN * floor
-    print(f"\nnoise floor (sigma <= {SIGMAS[-1]:g}, every size) {floor:.4f}; threshold = {LIFE_MARGIN:g} x floor = {threshold:.4f}\n")
-    print("sensitivity, a still moved by a known shift (sigma 2, JPEG 90), 2 frames:")
-    for share, values in shift_probe(engine, sources).items():
-        print(f"  shift {share:.3f} face widths: {describe(values)}; seen {len(values) - rejected(values, threshold)}/{len(values)}")
-    for name, values in not_motion_probe(engine, sources).items():
-        print(f"  {name} (not motion): {describe(values)}; seen {len(values) - rejected(values, threshold)}/{len(values)}")
-    measured = {"life_noise_floor": floor}
-    point = model.point
-    for size in sorted({decision.k, decision.n}):
-        live = windows(sessions, size, live=True)
-        motions = [m for _, _, m in live]
-        cnn_ok = [c >= point.threshold for _, c, _ in live]
-        life_ok = [m is not None and m >= threshold for m in motions]
-        people = sorted({p for p, _, _ in live})
-        print(f"\nlive NUAA attempts of {size} consecutive frames ({len(people)} people, {len(live)} attempts):")
-        print(f"  face motion: {describe(motions)}")
-        print(f"  BPCER, life cue alone: {len(live) - sum(life_ok)}/{len(live)}; CNN alone: {len(live) - sum(cnn_ok)}/{len(live)};"
-              f" CNN and life: {len(live) - sum(a and b for a, b in zip(cnn_ok, life_ok))}/{len(live)}")
-        for person in people:
-            mine = [m for p, _, m in live if p == person]
-            print(f"    {person}: {rejected(mine, threshold)}/{len(mine)} without evidence of life, min motion {min(mine):.4f}")
-        attacks = windows(sessions, size, live=False)
-        moved = [m is not None and m >= threshold for _, _, m in attacks]
-        passed = [c >= point.threshold and ok for (_, c, _), ok in zip(attacks, moved)]
-        print(f"  NUAA print attempts: {sum(moved)}/{len(attacks)} show face motion (held by hand); "
-              f"accepted by CNN and life: {sum(passed)}/{len(attacks)}")
-        measured[f"life_live_bpcer_{size}_frames"] = (len(live) - sum(life_ok)) / len(live)
-        measured[f"life_live_min_{size}_frames"] = float(min(m for m in motions if m is not None))
-    needed = frames_to_evidence(sessions, threshold, liveness.LIFE_MAX_FRAMES)
-    counts = {m: needed.count(m) for m in (*range(2, liveness.LIFE_MAX_FRAMES + 1), None)}
-    print(f"\nframes a live NUAA attempt needs before the face shows life (door waits up to {liveness.LIFE_MAX_FRAMES}): "
-          + ", ".join(f"{'never' if m is None else m}: {c}" for m, c in counts.items()) + f" of {len(needed)}")
-    measured["life_live_never_within_max_frames"] = counts[None] / len(needed)
-    some = sessions[0][1]
-    print(f"\ncost of face_motion: {timing(some, decision.k):.1f} ms for {decision.k} frames, "
-          f"{timing(some, decision.n):.1f} ms for {decision.n} (this machine, 1 thread of OpenCV's choosing)")
-    measured["life_threshold"] = threshold
+    print(f"\nnoise floor (sigma <= {SIGMAS[-1]:g}, every size) {floor:.4f}; "
+          f"threshold = {LIFE_MARGIN:g} x floor = {threshold:.4f}\n")
+    probes(engine, sources, threshold)
+    measured = {"life_noise_floor": floor, "life_threshold": threshold}
+    for size in sizes:
+        measured.update(live_and_prints(sessions, size, threshold, model.point.threshold))
+    measured["life_live_never_within_max_frames"] = latency(sessions, threshold, decision)
     return measured
 
 
+def provenance() -> str:
+    """How min_life_motion was measured, for the shipped operating point's `life_chosen_on`."""
+    sigmas = ", ".join(f"{s:g}" for s in SIGMAS)
+    qualities = ", ".join(map(str, JPEG_QUALITIES))
+    scales = ", x".join(f"{f:g}" for f in FACE_SCALES)
+    return (f"{LIFE_MARGIN:g} x the largest face_motion of a still NUAA live frame repeated with fresh noise "
+            f"(sigma {sigmas}; JPEG {qualities}; faces x{scales}), python -m training.liveness_life")
+
+
 def write_calibration(measured: dict[str, float]) -> None:
+    """Store the threshold and its measurements in the shipped point, keeping everything else."""
     point = liveness.load_operating_point()
+    kept = {k: v for k, v in point.measured.items() if not k.startswith("life_")}
     life = {k: v for k, v in measured.items() if k != "life_threshold"}
     updated = point.model_copy(update={
-        "min_life_motion": measured["life_threshold"],
-        "life_chosen_on": f"{LIFE_MARGIN:g} x the largest face_motion of a still NUAA live frame repeated with fresh "
-                          f"noise (sigma {', '.join(f'{s:g}' for s in SIGMAS)}; JPEG {', '.join(map(str, JPEG_QUALITIES))}; "
-                          f"faces x{', x'.join(f'{f:g}' for f in FACE_SCALES)}), python -m training.liveness_life",
-        "measured": {**{k: v for k, v in point.measured.items() if not k.startswith("life_")}, **life},
+        "min_life_motion": measured["life_threshold"], "life_chosen_on": provenance(), "measured": {**kept, **life},
     })
     calibration_path().write_text(updated.model_dump_json(indent=2) + "\n")
     print(f"wrote {calibration_path()}")
@@ -276,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=4, help="still attempts per live session and condition")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
     parser.add_argument("--data-dir", type=Path, default=None, help="where the default bundle is cached")
-    parser.add_argument("--write-calibration", action="store_true", help="store the threshold in the shipped operating point")
+    parser.add_argument(
+        "--write-calibration", action="store_true", help="store the threshold in the shipped operating point"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:

@@ -99,7 +99,9 @@ class OperatingPoint(_Closed):
     rigid_lift: float = Field(ge=-1.0, le=2.0, description="Surround lift above which a frame pair moved as a print.")
     min_motion: float = Field(gt=0.0, description="Landmark motion / eye distance below which there is no evidence.")
     min_life_motion: float = Field(
-        gt=0.0, le=1.0, description="Face motion (face widths, liveness_motion.face_motion) below which the face did not move."
+        gt=0.0,
+        le=1.0,
+        description="Face motion (face widths, liveness_motion.face_motion) below which the face did not move.",
     )
     chosen_on: str
     life_chosen_on: str = Field(description="How min_life_motion was measured (training/liveness_life.py).")
@@ -264,7 +266,8 @@ def life_reason(life: float | None, point: OperatingPoint) -> tuple[bool, str]:
     if life is None:
         return False, "no evidence of life: fewer than two comparable frames"
     if not life >= point.min_life_motion:  # NaN: no evidence
-        return False, f"no evidence of life: the face did not move ({life:.4f} < {point.min_life_motion:.4f} face widths)"
+        why = f"no evidence of life: the face did not move ({life:.4f} < {point.min_life_motion:.4f} face widths)"
+        return False, why
     return True, f"the face moved {life:.4f} face widths (>= {point.min_life_motion:.4f})"
 
 
@@ -282,7 +285,8 @@ def decide(cnn: float, temporal: float | None, life: float | None, point: Operat
         reasons.append(f"surroundings moved with the face like a held print (live-like share {temporal:.2f})")
     else:
         reasons.append(f"face moved against a still background (live-like share {temporal:.2f})")
-    reasons.append(f"liveness score {score:.3f} {'>=' if score >= point.threshold else '<'} threshold {point.threshold:.3f}")
+    verdict = ">=" if score >= point.threshold else "<"  # the score's side; `live` also needs life
+    reasons.append(f"liveness score {score:.3f} {verdict} threshold {point.threshold:.3f}")
     if alive:
         reasons.append(why)
     return LivenessResult(live, float(score), float(cnn), temporal, tuple(reasons), life)

@@ -125,7 +125,8 @@ LIFE_FAR = 0.25  # landmarks this many face widths from the first frame's: the f
 
 def _life_patch(image: np.ndarray, region: tuple[int, int, int, int], size: tuple[int, int], blur: float) -> np.ndarray:
     left, top, right, bottom = region
-    patch = cv2.GaussianBlur(cv2.resize(_grey(image[top:bottom, left:right]), size, interpolation=cv2.INTER_AREA), (0, 0), blur)
+    patch = cv2.resize(_grey(image[top:bottom, left:right]), size, interpolation=cv2.INTER_AREA)
+    patch = cv2.GaussianBlur(patch, (0, 0), blur)
     # Local contrast normalisation: an exposure step or a flicker changes brightness and contrast,
     # not where the edges are (measured: a x1.1 step read as motion on 1 of 17 faces without it).
     detail = patch - cv2.GaussianBlur(patch, (0, 0), LIFE_LOCAL)

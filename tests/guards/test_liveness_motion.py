@@ -56,7 +56,8 @@ def shift(image: np.ndarray, dx: float, dy: float = 0.0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def stills(shared_data: Path) -> list[np.ndarray]:
     """The first live frame of three people's sessions (large and small faces, glasses)."""
-    return [read_image(nuaa_frames(shared_data, who, session)[0]) for who, session in (("s0001", "02"), ("s0004", "01"), ("s0007", "03"))]
+    sessions = (("s0001", "02"), ("s0004", "01"), ("s0007", "03"))
+    return [read_image(nuaa_frames(shared_data, who, session)[0]) for who, session in sessions]
 
 
 @pytest.mark.parametrize("sigma", [1.0, 3.0, 8.0])
