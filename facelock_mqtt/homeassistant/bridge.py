@@ -31,6 +31,7 @@ from .topics import Topics
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("recognized", "denied", "spoof_suspected", "lockout", "remote_refused", "reported_not_me")
+FACE_DECISIONS = ("recognized", "denied", "spoof_suspected")  # what the last person/score sensors show
 EVENT_FIELDS = ("person", "candidate", "score", "threshold", "far_target", "frames_used", "latency_ms", "camera")
 PRESS = "PRESS"
 UNKNOWN = "None"  # the sensor payload Home Assistant shows as `unknown`
@@ -227,7 +228,7 @@ class HomeAssistantBridge:
         late = not self.connected
         payload = {"id": uuid.uuid4().hex, "door": door, "timestamp": round(time.time(), 3), "late": late, **event}
         self.mqtt.publish(self.topics.event(door), json.dumps(payload, allow_nan=False), qos=1, retain=False)
-        if event["event_type"] != "lockout":  # a lockout is no face decision: the last one stands
+        if event["event_type"] in FACE_DECISIONS:  # a lockout or a remote refusal is no face decision
             # A denial names nobody: "" empties the text sensor and an unknown score stays unknown,
             # so no earlier person stands beside a stranger's score.
             score = event.get("score")

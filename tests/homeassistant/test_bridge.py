@@ -498,11 +498,17 @@ def test_snapshot_topic_feeds_fresh_payloads_and_survives_handler_errors(
 
 def test_a_denial_names_nobody_on_the_last_person_sensor(bridge: HomeAssistantBridge, watcher: Collector) -> None:
     """After alice was recognised, a stranger denied: "Last person" empties (no alice beside the
-    stranger's score); a denial without a score makes the score unknown; a lockout changes neither."""
+    stranger's score); a denial without a score makes the score unknown. A lockout, a refused
+    remote command or a "that was not me" report is no face decision and changes neither."""
     watcher.wait_for(TOPICS.availability, b"online")
     person, score = TOPICS.sensor("front_door", "last_person"), TOPICS.sensor("front_door", "last_score")
     bridge.publish_decision("front_door", {"event_type": "recognized", "person": "alice", "score": 0.71})
     watcher.wait_for(person, b"alice")
+    for other in ("lockout", "remote_refused", "reported_not_me"):
+        bridge.publish_decision("front_door", {"event_type": other, "camera": "front_door"})
+    watcher.publish("facelock/marker", "m")
+    watcher.wait_for("facelock/marker")
+    assert (watcher.payloads(person)[-1], watcher.payloads(score)[-1]) == (b"alice", b"0.71")
     stranger = {"event_type": "denied", "person": None, "candidate": "alice", "score": 0.41}
     sent = bridge.publish_decision("front_door", stranger)
     assert sent["person"] is None and sent["candidate"] == "alice"
@@ -510,7 +516,4 @@ def test_a_denial_names_nobody_on_the_last_person_sensor(bridge: HomeAssistantBr
     assert watcher.wait_for(score, b"0.41")[-1].retain is False  # live delivery, retained for later subscribers
     bridge.publish_decision("front_door", {"event_type": "denied", "person": None, "score": None})
     watcher.wait_for(score, b"None")  # Home Assistant's payload for `unknown`
-    bridge.publish_decision("front_door", {"event_type": "lockout", "camera": "front_door"})
-    watcher.publish("facelock/marker", "m")
-    watcher.wait_for("facelock/marker")
-    assert watcher.payloads(person)[-1] == b"" and watcher.payloads(score)[-1] == b"None"
+    assert watcher.payloads(person)[-1] == b""
