@@ -7,6 +7,7 @@ and writes its own there:
   overfit    overfit.json (exit 1 on failure)      train      train/ckpt_{last,best}.pt
   distill    distill/ckpt_*.pt, distill/report.*   sweep      sweep/results.{md,json}
   evaluate   eval/model_card.md, roc.png, det.png  calibrate  calibration.json (exit 1 if gated)
+  compare    compare/compare.{md,json}, compare/{default,candidate}/model_card.md (exit 1 unless accepted)
   export     bundle/ (manifest.json + ONNX files; refused unless the gate passed)
 """
 
@@ -53,7 +54,17 @@ def cmd_split(cfg: RunConfig, args: argparse.Namespace) -> int:
     from .split import check_disjoint, split
 
     folder = args.run_dir / "data"
-    manifest = split(load_manifest(folder), cfg.split)
+    manifest = load_manifest(folder)
+    if cfg.split.dedupe_cosine is not None:
+        from facelock_mqtt.models.default_bundle import default_bundle
+        from facelock_mqtt.pipeline.embed import Embedder
+
+        from .dedupe import dedupe, served_embeddings
+
+        embedder = Embedder(default_bundle(args.facelock_data), threads=cfg.train.threads or 1)
+        manifest, found = dedupe(manifest, served_embeddings(embedder, folder, manifest.records), cfg.split.dedupe_cosine)
+        print(f"dedupe: {len(found)} cross-source identity pairs merged at cosine >= {cfg.split.dedupe_cosine}")
+    manifest = split(manifest, cfg.split)
     check_disjoint(manifest)
     save_manifest(manifest, folder)
     info = manifest.split
@@ -132,6 +143,26 @@ def cmd_evaluate(cfg: RunConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from facelock_mqtt.models.default_bundle import default_bundle
+    from facelock_mqtt.pipeline.embed import Embedder
+
+    from .compare import checkpoint_model, compare, served_model
+    from .dataset import load_manifest
+    from .evaluate import checkpoint_model_info
+    from .model import backbone_from_checkpoint
+
+    folder, checkpoint = args.run_dir / "data", _checkpoint(args)
+    bundle = default_bundle(args.facelock_data)
+    default_info = {"description": "SFace (OpenCV Zoo 2021dec), as served by default, run by onnxruntime.",
+                    "source": f"default bundle `{bundle.manifest.fingerprint}`"}  # fmt: skip
+    report = compare(cfg, load_manifest(folder), folder, served_model(Embedder(bundle, threads=cfg.train.threads or 1)),
+                     checkpoint_model(checkpoint), args.run_dir / "compare", default_info,
+                     checkpoint_model_info(checkpoint, backbone_from_checkpoint(checkpoint)[1]))  # fmt: skip
+    print((args.run_dir / "compare" / "compare.md").read_text())
+    return 0 if report["accepted"] else 1
+
+
 def cmd_calibrate(cfg: RunConfig, args: argparse.Namespace) -> int:
     from .dataset import load_manifest
     from .gate import calibrate
@@ -147,21 +178,24 @@ def cmd_export(cfg: RunConfig, args: argparse.Namespace) -> int:
     from facelock_mqtt.models.default_bundle import default_bundle
 
     from .dataset import load_crops, load_manifest, select
-    from .export import export_bundle
+    from .export import TRAINED_IDENTITIES, export_bundle, trained_identities
     from .gate import require_passed
     from .model import backbone_from_checkpoint
 
     checkpoint = _checkpoint(args)
     report = require_passed(args.run_dir, checkpoint)
     folder = args.run_dir / "data"
-    crops = load_crops(folder, select(load_manifest(folder), "test")[: cfg.export.parity_images])
+    manifest = load_manifest(folder)
+    crops = load_crops(folder, select(manifest, "test")[: cfg.export.parity_images])
     backbone, _ = backbone_from_checkpoint(checkpoint)
     out = args.out or args.run_dir / "bundle"
     bundle, worst = export_bundle(backbone, default_bundle(args.facelock_data), report.calibration, crops, cfg.export,
                                   out, f"{cfg.name}-{report.checkpoint_sha256[:8]}",
-                                  args.run_dir / "eval" / "model_card.md")  # fmt: skip
+                                  args.run_dir / "eval" / "model_card.md", trained_identities(manifest.records))  # fmt: skip
     print(f"bundle {bundle.manifest.fingerprint} written to {out} (parity: least cosine {worst:.6f}); "
           f"serve it with FACELOCK_MODEL__BUNDLE={out} and re-enroll the gallery")  # fmt: skip
+    print(f"NOTE: it trained on the people listed in {out / TRAINED_IDENTITIES}; `facelock eval lfw` on this bundle "
+          "counts their pairs too (an optimistic number): quote the held-out test split's model card instead")  # fmt: skip
     return 0
 
 
@@ -173,6 +207,7 @@ COMMANDS = {
     "distill": cmd_distill,
     "sweep": cmd_sweep,
     "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
     "calibrate": cmd_calibrate,
     "export": cmd_export,
 }
@@ -191,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--shuffle-labels", action="store_true", help="deliberately broken labels: the check must fail")
         if name == "distill":
             s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the teacher and the timing")
-        if name in ("evaluate", "calibrate", "export"):
+        if name in ("evaluate", "compare", "calibrate", "export"):
             s.add_argument("--checkpoint", type=Path, help="default: <run>/train/ckpt_best.pt")
         if name == "export":
             s.add_argument("--out", type=Path, help="bundle folder (default <run>/bundle)")

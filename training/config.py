@@ -39,6 +39,10 @@ class IngestConfig(Section):
 
 class SplitConfig(Section):
     seed: int = Field(0, description="Seed of the identity shuffle.")
+    dedupe_cosine: float | None = Field(
+        0.6, ge=0, le=1, description="Merge identities of different sources whose mean served-model embeddings agree "
+        "at this cosine or more (one person under two names); None: no dedupe."
+    )
     ratios: tuple[float, float, float] | None = Field(
         None, description="train/val/test fractions of identities; default from the dataset size."
     )
@@ -76,8 +80,12 @@ class ModelConfig(Section):
 
 
 class HeadConfig(Section):
+    kind: Literal["arcface", "cosface"] = Field("arcface", description="Margin: additive angle (ArcFace) or cosine (CosFace).")
+    init: Literal["random", "class_mean"] = Field(
+        "random", description="Class centres start random, or at each class's mean embedding (fine-tuning a pretrained backbone)."
+    )
     s: float = Field(64.0, gt=0, le=128, description="ArcFace logit scale.")
-    m: float = Field(0.5, ge=0, lt=1.5, description="ArcFace additive angular margin (radians).")
+    m: float = Field(0.5, ge=0, lt=1.5, description="Margin: radians (ArcFace) or cosine (CosFace).")
 
 
 class OverfitConfig(Section):
@@ -102,6 +110,7 @@ class TrainConfig(Section):
     amp: Literal["auto", "off"] = Field("auto", description="Mixed precision on a GPU ('auto') or never.")
     threads: int = Field(0, ge=0, le=256, description="CPU threads per process (0: torch's default).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (smoke runs).")
+    max_minutes: float | None = Field(None, gt=0, description="Time box: stop after the epoch step that crosses it.")
     overfit: OverfitConfig = OverfitConfig()
 
 
@@ -124,6 +133,21 @@ class DistillConfig(Section):
         if any(not 0 <= f <= 9 for f in self.heldout_folds) or len(set(self.heldout_folds)) != len(self.heldout_folds):
             raise ValueError("heldout_folds must be distinct pairs.txt folds 0-9 (at least two: thresholds are cross-validated)")
         return self
+
+
+class AugmentConfig(Section):
+    """Door-condition augmentation (training/augment.py): a probability per degradation, 0 = off."""
+
+    grey: float = Field(0.0, ge=0, le=1, description="Grey / IR look.")
+    low_light: float = Field(0.0, ge=0, le=1, description="Darkening gamma plus sensor noise.")
+    low_res: float = Field(0.0, ge=0, le=1, description="Down to a small face and back up.")
+    low_res_face_px: tuple[float, float] = Field(
+        (24.0, 40.0), description="Face size range (eye distance x 2.5, as the quality gate measures) of low_res."
+    )
+    motion_blur: float = Field(0.0, ge=0, le=1, description="Line-kernel blur at a random angle.")
+    jpeg: float = Field(0.0, ge=0, le=1, description="Low-quality JPEG artefacts.")
+    rotate: float = Field(0.0, ge=0, le=1, description="Small rotation after alignment.")
+    rotate_deg: float = Field(10.0, ge=0, le=45, description="Largest rotation, degrees.")
 
 
 class SweepConfig(Section):
@@ -149,8 +173,12 @@ class GateConfig(Section):
     min_tar: float = Field(0.9, ge=0, le=1, description="Least test TAR at the target FAR for a bundle to be written.")
     fars: list[float] = Field(default_factory=lambda: [1e-3, 1e-4, 1e-5, 1e-6], description="FARs calibrated into the bundle.")
     max_far_ratio: float = Field(
-        3.0, ge=1.0, description="Refuse when the test FAR at the val-calibrated threshold exceeds target x this "
-        "(the threshold does not transfer to new people)."
+        1.0, gt=0, le=1.0, description="Refuse when the test FAR at the val-calibrated threshold exceeds target x this; "
+        "at most 1: the served threshold must hold its FAR on new people, not 3-5x it."
+    )
+    compare_far: float = Field(1e-6, gt=0, lt=1, description="FAR of the all-pairs TAR that `compare` holds against the default.")
+    max_tar_drop: float = Field(
+        0.003, ge=0, le=1, description="Largest TAR loss at compare_far, versus the default, that `compare` accepts (0.003 = 0.3 points)."
     )
 
 
@@ -171,6 +199,7 @@ class RunConfig(Section):
     model: ModelConfig = ModelConfig()
     head: HeadConfig = HeadConfig()
     train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
     distill: DistillConfig = DistillConfig()
     sweep: SweepConfig = SweepConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

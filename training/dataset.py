@@ -54,6 +54,9 @@ class DatasetManifest(BaseModel):
     records: list[Record]
     dropped: dict[str, int] = Field(default_factory=dict, description="Images dropped, by reason.")
     split: SplitInfo | None = None
+    merged: dict[str, str] = Field(
+        default_factory=dict, description="Identities merged into another source's identity of the same person (dedupe)."
+    )
 
 
 def save_manifest(manifest: DatasetManifest, folder: Path) -> Path:

@@ -28,16 +28,17 @@ from facelock_mqtt.tools.evaluate import read_pairs
 from .config import RunConfig
 from .dataset import Record, load_crops, load_manifest, select
 from .distributed import DistEnv
+from .dedupe import embed_with_progress
 from .errors import DatasetError
 from .export import export_bundle
 from .loop import BEST, CropDataset, Loop, LoopConfig, seed_everything
-from .model import MobileFaceNet, backbone_from_checkpoint, build, embed
+from .model import backbone_from_checkpoint, build, embed
 
 log = logging.getLogger(__name__)
 
 
 class DistillTrainee(nn.Module):
-    def __init__(self, backbone: MobileFaceNet) -> None:
+    def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
 
@@ -68,8 +69,8 @@ def teacher_targets(teacher: Embedder, folder: Path, records: list[Record], cach
         if str(data["key"]) == key:
             return data["plain"], data["flipped"]
     crops = load_crops(folder, records)
-    plain = teacher.embed(list(crops))
-    flipped = teacher.embed(list(crops[:, :, ::-1]))
+    plain = embed_with_progress(teacher, crops, "teacher embeddings")
+    flipped = embed_with_progress(teacher, np.ascontiguousarray(crops[:, :, ::-1]), "teacher embeddings (mirrored)")
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, key=key, plain=plain, flipped=flipped)
     return plain, flipped

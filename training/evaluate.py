@@ -56,7 +56,7 @@ def _bucket(value: float | None, edges: list[tuple[float, str]], none: str) -> s
 SLICES: dict[str, Callable[[Record], list[str]]] = {
     "brightness": lambda r: [_bucket(r.brightness, [(50, "dark <50"), (100, "dim 50-100"), (170, "normal 100-170"), (256, "bright >170")], "")],
     "blur": lambda r: [_bucket(r.blur, [(40, "blurry <40"), (150, "soft 40-150"), (1e12, "sharp >150")], "")],
-    "face size": lambda r: [_bucket(r.face_px, [(80, "small <80 px"), (160, "medium 80-160 px"), (1e9, "large >160 px")], "pre-aligned (unknown)")],
+    "face size": lambda r: [_bucket(r.face_px, [(40, "tiny <40 px"), (80, "small 40-80 px"), (160, "medium 80-160 px"), (1e9, "large >160 px")], "pre-aligned (unknown)")],
     "condition": lambda r: r.tags,
     "source": lambda r: [r.source],
 }  # fmt: skip
@@ -107,12 +107,26 @@ def capped(records: list[Record], max_images: int) -> list[Record]:
     return kept
 
 
-def evaluate(manifest: DatasetManifest, folder: Path, checkpoint: Path, cfg: EvaluateConfig, gate: GateConfig,
-             out: Path, title: str) -> dict:  # fmt: skip
-    """Write metrics.json, roc.png, det.png and model_card.md into `out`; return the metrics."""
-    records = capped(select(manifest, "test"), cfg.max_images)
-    backbone, model_cfg = backbone_from_checkpoint(checkpoint)
-    pairs = all_pairs(records, embed(backbone, load_crops(folder, records)))
+def failing_slices(rows: list[dict], overall_tar: float, target_far: float, min_genuine: int = 20,
+                   tar_gap: float = 0.05, far_ratio: float = 2.0) -> list[dict]:  # fmt: skip
+    """Slices that fail at the operating threshold: TAR `tar_gap` or more below the overall TAR
+    (over at least `min_genuine` genuine pairs), or FAR above `far_ratio` x the target."""
+    failing = []
+    for r in rows:
+        reasons = []
+        if r["tar"] is not None and r["genuine"] >= min_genuine and r["tar"] <= overall_tar - tar_gap:
+            reasons.append(f"TAR {100 * r['tar']:.1f} % vs {100 * overall_tar:.1f} % overall")
+        if r["far"] is not None and r["impostor"] * target_far >= 3 and r["far"] > far_ratio * target_far:
+            reasons.append(f"FAR {r['far']:.1e} over {far_ratio:g}x the target")
+        if reasons:
+            failing.append({"slice": r["slice"], "value": r["value"], "why": "; ".join(reasons)})
+    return failing
+
+
+def metrics_of(records: list[Record], embeddings: np.ndarray, cfg: EvaluateConfig, gate: GateConfig,
+               model: dict) -> tuple[dict, Pairs]:  # fmt: skip
+    """Every number of a model card, from the test records' embeddings (any model, any runtime)."""
+    pairs = all_pairs(records, embeddings)
     if not len(pairs.genuine) or not len(pairs.impostor):
         raise DatasetError("the test split needs two identities and an identity with two images")
     n_impostor = len(pairs.impostor)
@@ -121,11 +135,9 @@ def evaluate(manifest: DatasetManifest, folder: Path, checkpoint: Path, cfg: Eva
     reference_far = max(gate.target_far, 3.0 / n_impostor)
     threshold = threshold_at_far(pairs.impostor, reference_far)
     false_accepts, false_rejects = worst(pairs, cfg.worst)
-    out.mkdir(parents=True, exist_ok=True)
-    roc, det = save_roc_det(pairs.genuine, pairs.impostor, out, title)
+    slices = slice_table(pairs, threshold)
     metrics = {
-        "checkpoint": str(checkpoint),
-        "model": model_cfg.model_dump(mode="json"),
+        "model": model,
         "test_images": len(records),
         "test_identities": len({r.identity for r in records}),
         "n_genuine": int(len(pairs.genuine)),
@@ -135,11 +147,36 @@ def evaluate(manifest: DatasetManifest, folder: Path, checkpoint: Path, cfg: Eva
         "reference_far": reference_far,
         "reference_threshold": threshold,
         "reference_supported": supports(n_impostor, reference_far),
-        "slices": slice_table(pairs, threshold),
+        "slices": slices,
+        "failing_slices": failing_slices(slices, float(np.mean(pairs.genuine > threshold)), reference_far),
         "worst_false_accepts": false_accepts,
         "worst_false_rejects": false_rejects,
-        "plots": [roc.name, det.name],
     }
+    return metrics, pairs
+
+
+def checkpoint_model_info(checkpoint: Path, model_cfg) -> dict:
+    kind = ("SFace (OpenCV Zoo 2021dec), imported from ONNX and fine-tuned" if model_cfg.arch == "sface"
+            else "MobileFaceNet-style embedder trained from scratch")  # fmt: skip
+    return {"description": f"{kind} with a margin loss by FaceLock's `training/` pipeline.",
+            "source": f"checkpoint `{checkpoint}`", "config": model_cfg.model_dump(mode="json")}  # fmt: skip
+
+
+def evaluate(manifest: DatasetManifest, folder: Path, checkpoint: Path, cfg: EvaluateConfig, gate: GateConfig,
+             out: Path, title: str) -> dict:  # fmt: skip
+    """Write metrics.json, roc.png, det.png and model_card.md into `out`; return the metrics."""
+    records = capped(select(manifest, "test"), cfg.max_images)
+    backbone, model_cfg = backbone_from_checkpoint(checkpoint)
+    metrics, pairs = metrics_of(records, embed(backbone, load_crops(folder, records)), cfg, gate,
+                                checkpoint_model_info(checkpoint, model_cfg))  # fmt: skip
+    write_card(metrics, pairs, manifest, out, title)
+    return metrics
+
+
+def write_card(metrics: dict, pairs: Pairs, manifest: DatasetManifest, out: Path, title: str) -> None:
+    """metrics.json, roc.png, det.png and model_card.md in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    roc, det = save_roc_det(pairs.genuine, pairs.impostor, out, title)
+    metrics["plots"] = [roc.name, det.name]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_model_card(metrics, manifest, out / "model_card.md", title)
-    return metrics

@@ -10,6 +10,7 @@ manifest fingerprint changes with the embedder file.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import warnings
@@ -40,6 +41,7 @@ from .model import MEAN, STD, embed
 log = logging.getLogger(__name__)
 
 EMBEDDER_FILE = "embedder.onnx"
+TRAINED_IDENTITIES = "trained_identities.json"
 EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 # The backbone's input convention, stated in the manifest so the service feeds it the same way.
 INPUT_SPEC = InputSpec(color="rgb", mean=MEAN, std=STD, size=(112, 112))
@@ -109,8 +111,13 @@ def check_parity(backbone: nn.Module, bundle: Bundle, crops: np.ndarray, min_cos
 
 
 def export_bundle(backbone: nn.Module, detector_from: Bundle, calibration: Calibration | None, crops: np.ndarray,
-                  cfg: ExportConfig, out: Path, version: str, model_card: Path | None = None) -> tuple[Bundle, float]:  # fmt: skip
-    """Write the bundle to `out` (replacing an older one) only if parity holds."""
+                  cfg: ExportConfig, out: Path, version: str, model_card: Path | None = None,
+                  trained_on: dict[str, list[str]] | None = None) -> tuple[Bundle, float]:  # fmt: skip
+    """Write the bundle to `out` (replacing an older one) only if parity holds.
+
+    `trained_on` (source -> identity folder names of the train split) goes into the bundle as
+    TRAINED_IDENTITIES: an LFW evaluation of the bundle must leave those people's pairs out.
+    """
     out = Path(out)
     stage = out.with_name(out.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)
@@ -121,6 +128,8 @@ def export_bundle(backbone: nn.Module, detector_from: Bundle, calibration: Calib
         shutil.copyfile(detector_path, stage / detector_path.name)
         if model_card is not None and model_card.is_file():
             shutil.copyfile(model_card, stage / "model_card.md")
+        if trained_on is not None:
+            (stage / TRAINED_IDENTITIES).write_text(json.dumps(trained_on, indent=1, sort_keys=True))
         manifest = Manifest(
             name=cfg.name,
             version=version,
@@ -138,3 +147,12 @@ def export_bundle(backbone: nn.Module, detector_from: Bundle, calibration: Calib
     stage.replace(out)
     log.info("bundle written to %s (parity: least cosine %.6f over %d crops)", out, worst, len(crops))
     return load_bundle(out), worst
+
+
+def trained_identities(records: list) -> dict[str, list[str]]:
+    """source -> the identity folder names (as the source names them) of the train split."""
+    out: dict[str, set[str]] = {}
+    for r in records:
+        if r.split == "train":
+            out.setdefault(r.source, set()).add(Path(r.original).parent.name)
+    return {source: sorted(names) for source, names in out.items()}

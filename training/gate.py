@@ -4,7 +4,7 @@ Thresholds come from the val split (identities the model never trained on); the 
 checks them on the test split (yet other identities), so the numbers it accepts cannot leak.
 The gate refuses when the TAR at the target FAR is below the bar, when either set has too few
 impostor comparisons to support the target FAR (rule of three: n >= 3 / FAR), or when the
-threshold lets through far more impostors on test than it promised (it does not transfer).
+threshold lets through more impostors on test than the target FAR (it does not transfer).
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def gate_reasons(cfg: GateConfig, val_impostor: int, test_impostor: int, test_ta
         reasons.append(f"test TAR {test_tar:.4f} at FAR {cfg.target_far:g} is below the bar gate.min_tar = {cfg.min_tar}")
     if test_far is not None and test_far > cfg.max_far_ratio * cfg.target_far:
         reasons.append(f"the calibrated threshold lets through FAR {test_far:.2e} of test impostors, over "
-                       f"{cfg.max_far_ratio:g}x the target {cfg.target_far:g} (gate.max_far_ratio): "
-                       "it does not transfer to new people")  # fmt: skip
+                       f"the target {cfg.target_far:g}" + (f" x {cfg.max_far_ratio:g}" if cfg.max_far_ratio < 1 else "")
+                       + ": it does not transfer to new people")  # fmt: skip
     return reasons
 
 

@@ -27,6 +27,7 @@ from facelock_mqtt.tools.evaluate import condition_of, image_files
 
 from .config import IngestConfig, SourceConfig
 from .dataset import MANIFEST, DatasetManifest, Record, save_manifest
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,13 @@ class Ingester:
         keep_set = set(keep)
         if not source.aligned and self.engine is None:
             raise ValueError("detection needs a FaceEngine")
-        for identity, path in files:
-            if identity in keep_set:
-                # Namespaced: equal folder names in two sources are not the same person.
-                self.ingest_file(name, f"{name}/{identity}", path, source.aligned)
+        chosen = [(identity, path) for identity, path in files if identity in keep_set]
+        bar = Progress(len(chosen), f"ingest {name}")
+        for identity, path in chosen:
+            # Namespaced: equal folder names in two sources are not the same person.
+            self.ingest_file(name, f"{name}/{identity}", path, source.aligned)
+            bar.update(1, kept=len(self.records))
+        bar.close()
         log.info("source %s: %d identities considered", name, len(keep))
 
     def ingest_file(self, source: str, identity: str, path: Path, aligned: bool) -> None:

@@ -49,9 +49,11 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, folder: Path, records: list[Record], targets: np.ndarray, flip: bool,
-                 flipped_targets: np.ndarray | None = None) -> None:  # fmt: skip
+                 flipped_targets: np.ndarray | None = None,
+                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> None:  # fmt: skip
         self.paths = [str(Path(folder) / r.crop) for r in records]
         self.targets, self.flipped_targets, self.flip = targets, flipped_targets, flip
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,6 +67,9 @@ class CropDataset(Dataset):
             crop = crop[:, ::-1]
             if self.flipped_targets is not None:
                 target = self.flipped_targets[i]
+        if self.augment is not None:
+            # Drawn from `random`, whose state the checkpoints carry: a resumed run augments the same.
+            crop = self.augment(crop, np.random.default_rng(random.getrandbits(64)))
         rgb = np.ascontiguousarray(crop[..., ::-1].transpose(2, 0, 1))
         return (torch.from_numpy(rgb).float() - MEAN) / STD, torch.as_tensor(target)
 
@@ -105,6 +110,10 @@ class LoopConfig:
     amp: bool = False
     max_steps: int | None = None
     seed: int = 0
+    constant_lr: bool = False  # the overfit check: no warm-up or decay
+    precise_bn: bool = True  # False when BatchNorm statistics are frozen (fine-tuning)
+    progress: bool = True
+    max_minutes: float | None = None  # time box: stop after the epoch that crosses it
 
 
 @dataclass
@@ -143,7 +152,7 @@ class Loop:
         self.model: nn.Module = DistributedDataParallel(self.trainee) if env.distributed else self.trainee
         # Linear scaling: the effective batch grows with the number of processes.
         peak = cfg.lr * env.world
-        params = self.trainee.parameters()
+        params = [p for p in self.trainee.parameters() if p.requires_grad]  # frozen layers stay as imported
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=peak, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:
@@ -165,6 +174,7 @@ class Loop:
             self.total = min(self.total, cfg.max_steps)
         self.warmup = min(int(cfg.warmup_epochs * self.steps_per_epoch), self.total // 2)
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, -math.inf, 0
+        self.started = time.perf_counter()
         self.history: list[dict] = []
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -207,7 +217,7 @@ class Loop:
     # -- fitting -------------------------------------------------------------------------------
     def _train_step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.total, self.warmup, self.peak)
+            group["lr"] = self.peak if self.cfg.constant_lr else lr_at(self.step, self.total, self.warmup, self.peak)
         with torch.autocast(self.env.device.type, enabled=self.cfg.amp):
             loss = self.model(images.to(self.env.device, non_blocking=True), targets.to(self.env.device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
@@ -225,23 +235,34 @@ class Loop:
     def _epoch(self) -> float:
         self.sampler.set_epoch(self.epoch)
         self.trainee.train()
-        bar = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}", enabled=self.env.main)
+        bar = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                       enabled=self.env.main and self.cfg.progress)  # fmt: skip
         losses = []
         for images, targets in self.loader:
             losses.append(self._train_step(images, targets))
             bar.update(len(images) * self.env.world, loss=losses[-1], lr=self.optimizer.param_groups[0]["lr"])
-            if self.step >= self.total:
+            if self.step >= self.total or self._out_of_time():
                 break
         bar.close()
         self.last_rate = bar.rate()
         return float(np.mean(losses))
 
+    def _out_of_time(self) -> bool:
+        minutes = self.cfg.max_minutes
+        return minutes is not None and time.perf_counter() - self.started > 60 * minutes
+
+    def train_epoch(self) -> float:
+        """One epoch of the real loader and step (the overfit check drives these one by one)."""
+        return self._epoch()
+
     def fit(self) -> FitResult:
         stopped = False
+        self.started = time.perf_counter()
         while self.epoch < self.cfg.epochs and self.step < self.total and not stopped:
             start = time.perf_counter()
             loss = self._epoch()
-            if self.env.main:  # DDP hands rank 0's BatchNorm buffers to every rank at the next forward
+            stopped = self._out_of_time()
+            if self.env.main and self.cfg.precise_bn:  # DDP hands rank 0's BatchNorm buffers to every rank at the next forward
                 precise_bn(self.trainee.backbone, self.bn_loader, self.env.device)
             score = self.validate(self.trainee.backbone) if self.env.main else 0.0
             score = broadcast_floats(self.env, [score])[0]
@@ -250,7 +271,7 @@ class Loop:
             self.bad_epochs = 0 if improved or self.best <= 0 else self.bad_epochs + 1
             self.best = max(self.best, score)
             self.epoch += 1
-            stopped = self.bad_epochs >= self.cfg.patience
+            stopped = stopped or self.bad_epochs >= self.cfg.patience
             self.history.append({
                 "epoch": self.epoch, "step": self.step, "loss": loss, "val": score, "best": self.best,
                 "images_per_s": self.last_rate, "seconds": time.perf_counter() - start,

@@ -86,25 +86,57 @@ class MobileFaceNet(nn.Module):
 
 
 class ArcFaceHead(nn.Module):
-    """Additive angular margin: logit of the true class is s*cos(theta + m), the others s*cos(theta)."""
+    """Margin softmax over class centres. ArcFace: the true class's logit is s*cos(theta + m);
+    CosFace (`cfg.kind`): s*(cos(theta) - m); the others s*cos(theta)."""
 
     def __init__(self, embedding_size: int, classes: int, cfg: HeadConfig) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(classes, embedding_size))
         nn.init.normal_(self.weight, std=0.01)
-        self.s, self.m = cfg.s, cfg.m
+        self.s, self.m, self.kind = cfg.s, cfg.m, cfg.kind
         # Beyond theta = pi - m, cos(theta + m) stops decreasing; fall back to a linear penalty.
         self.threshold = math.cos(math.pi - cfg.m)
         self.fallback = math.sin(math.pi - cfg.m) * cfg.m
 
+    @torch.no_grad()
+    def init_from_means(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Each class centre starts at its images' mean embedding: a pretrained backbone's
+        classes are already separated, so the first steps do not tear its features apart."""
+        sums = torch.zeros_like(self.weight).index_add_(0, labels, F.normalize(embeddings.float()))
+        if torch.any(sums.norm(dim=1) == 0):
+            raise TrainingError("head init from class means: a class has no image")
+        self.weight.copy_(F.normalize(sums))
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cos = F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float())).clamp(-1 + 1e-7, 1 - 1e-7)
         target = cos.gather(1, labels[:, None])
-        sin = torch.sqrt(1.0 - target * target)
-        with_margin = target * math.cos(self.m) - sin * math.sin(self.m)
-        with_margin = torch.where(target > self.threshold, with_margin, target - self.fallback)
+        if self.kind == "cosface":
+            with_margin = target - self.m
+        else:
+            sin = torch.sqrt(1.0 - target * target)
+            with_margin = target * math.cos(self.m) - sin * math.sin(self.m)
+            with_margin = torch.where(target > self.threshold, with_margin, target - self.fallback)
         logits = cos.scatter(1, labels[:, None], with_margin)
         return F.cross_entropy(self.s * logits, labels)
+
+
+class ArcFaceTrainee(nn.Module):
+    """Backbone + margin head; forward(images, labels) returns the loss (what Loop fits)."""
+
+    def __init__(self, backbone: nn.Module, head: ArcFaceHead, freeze_bn: bool = False) -> None:
+        super().__init__()
+        self.backbone, self.head, self.freeze_bn = backbone, head, freeze_bn
+
+    def train(self, mode: bool = True) -> ArcFaceTrainee:
+        super().train(mode)
+        if mode and self.freeze_bn:  # imported statistics kept: eval-mode BatchNorm while fitting
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images), labels)
 
 
 def default_sface() -> Path:

@@ -62,19 +62,29 @@ def _worst_section(title: str, rows: list[dict], threshold: float, accepted_is_e
     return lines
 
 
+def _failing_section(m: dict) -> list[str]:
+    rows = m.get("failing_slices", [])
+    lines = ["## Failing slices", ""]
+    if not rows:
+        return lines + ["No slice fails at the reference threshold (TAR within 5 points of overall, FAR within 2x)."]
+    return lines + [f"- **{r['slice']}: {r['value']}** — {r['why']}" for r in rows]
+
+
 def write_model_card(m: dict, manifest: DatasetManifest, path: Path, title: str) -> None:
     model = m["model"]
+    config = model.get("config") or {}
     lines = [
         f"# Model card: {title}", "",
-        "MobileFaceNet-style face embedder trained with an ArcFace margin loss by FaceLock's `training/` "
-        "pipeline. Intended use: 1:N verification of enrolled residents at a door camera, after YuNet "
-        "detection and 5-point alignment to 112x112. Not a liveness check: a photo of an enrolled person "
+        f"{model['description']} Intended use: 1:N verification of enrolled residents at a door camera, after "
+        "YuNet detection and 5-point alignment to 112x112. Not a liveness check: a photo of an enrolled person "
         "passes verification.", "",
-        f"- checkpoint: `{m['checkpoint']}`",
-        f"- width {model['width']}, blocks {model['blocks']}, embedding size {model['embedding_size']}", "",
+        f"- model: {model['source']}",
+        *([f"- model config: {', '.join(f'{k} {v}' for k, v in config.items() if v is not None)}"] if config else []),
+        "",
         *_data_section(manifest), "",
         *_table_section(m), "",
         *_slices_section(m), "",
+        *_failing_section(m), "",
         "## Worst errors", "",
         *_worst_section("Highest-scoring impostor pairs (false accepts)", m["worst_false_accepts"], m["reference_threshold"], True), "",
         *_worst_section("Lowest-scoring genuine pairs (false rejects)", m["worst_false_rejects"], m["reference_threshold"], False), "",

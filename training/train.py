@@ -5,34 +5,28 @@ Runs as one process, or as N under `torchrun --nproc_per_node=N -m training trai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from facelock_mqtt.models.metrics import all_pairs_scores, far_key, tar_at_far
 
+from .augment import Augmenter
 from .config import RunConfig, TrainConfig
 from .dataset import Record, labels_of, load_crops, load_manifest, select
 from .distributed import DistEnv, broadcast_floats, setup, teardown
 from .errors import OverfitFailed, TrainingError
 from .loop import LAST, CropDataset, FitResult, Loop, LoopConfig, seed_everything
-from .model import ArcFaceHead, MobileFaceNet, build, embed
+from .model import ArcFaceHead, ArcFaceTrainee, build, embed
 from .overfit import run_overfit
 
 log = logging.getLogger(__name__)
-
-
-class ArcFaceTrainee(nn.Module):
-    def __init__(self, backbone: MobileFaceNet, head: ArcFaceHead) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images), labels)
 
 
 def tar_scorer(folder: Path, records: list[Record], far: float) -> Callable[[nn.Module], float]:
@@ -54,8 +48,18 @@ def loop_config(cfg: TrainConfig, seed: int, device: torch.device) -> LoopConfig
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
         momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs, clip_grad=cfg.clip_grad,
         patience=cfg.patience, workers=cfg.workers, amp=cfg.amp == "auto" and device.type == "cuda",
-        max_steps=cfg.max_steps, seed=seed,
+        max_steps=cfg.max_steps, seed=seed, max_minutes=cfg.max_minutes,
     )  # fmt: skip
+
+
+def make_trainee(cfg: RunConfig, folder: Path, records: list[Record], labels: np.ndarray, classes: int) -> ArcFaceTrainee:
+    """Backbone (fresh or imported) + margin head, the head's centres at the class means if asked."""
+    backbone = build(cfg.model)
+    head = ArcFaceHead(cfg.model.embedding_size, classes, cfg.head)
+    if cfg.head.init == "class_mean":
+        log.info("head: class centres from the mean embedding of %d training images", len(records))
+        head.init_from_means(torch.from_numpy(embed(backbone, load_crops(folder, records))), torch.from_numpy(labels))
+    return ArcFaceTrainee(backbone, head, freeze_bn=cfg.model.freeze_bn)
 
 
 def fit_arcface(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, resume: bool = False) -> FitResult:
@@ -69,8 +73,8 @@ def arcface_loop(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, r
     manifest = load_manifest(folder)
     records = select(manifest, "train")
     labels, names = labels_of(records)
-    backbone = build(cfg.model)
-    trainee = ArcFaceTrainee(backbone, ArcFaceHead(cfg.model.embedding_size, len(names), cfg.head))
+    trainee = make_trainee(cfg, folder, records, labels, len(names))
+    augmenter = Augmenter(cfg.augment)
     validate = tar_scorer(folder, select(manifest, "val"), cfg.train.val_far) if env.main else (lambda _: 0.0)
     extra = {
         "model_config": cfg.model.model_dump(mode="json"),
@@ -78,9 +82,13 @@ def arcface_loop(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, r
         "classes": names,
         "run": cfg.name,
         "dataset": str(folder),
+        "spec": getattr(trainee.backbone, "spec", None),  # an imported SFace rebuilds from it
+        "augment": cfg.augment.model_dump(mode="json"),
     }
-    loop = Loop(trainee, CropDataset(folder, records, labels, flip=True), loop_config(cfg.train, cfg.seed, env.device),
-                env, out, validate, extra)  # fmt: skip
+    settings = dataclasses.replace(loop_config(cfg.train, cfg.seed, env.device), precise_bn=not cfg.model.freeze_bn)
+    dataset = CropDataset(folder, records, labels, flip=True, augment=augmenter if augmenter.steps else None)
+    loop = Loop(trainee, dataset, settings, env, out, validate, extra)
+    loop.augmenter = augmenter
     if resume:
         if out is None or not (out / LAST).is_file():
             raise TrainingError(f"--resume: no checkpoint {LAST} in {out}")
@@ -112,11 +120,15 @@ def train(cfg: RunConfig, folder: Path, out: Path, resume: bool = False, skip_ov
             (out / "config.json").write_text(cfg.model_dump_json(indent=2))
         if not skip_overfit and not resume:
             overfit_gate(cfg, folder, env)
-        result = fit_arcface(cfg, folder, env, out, resume)
+        loop = arcface_loop(cfg, folder, env, out, resume)
+        result = loop.fit()
         if env.main:
+            augmentation = loop.augmenter.report()
+            log.info("augmentation: %s", augmentation)
             (out / "result.json").write_text(json.dumps({
                 "best_val_tar": result.best_score, "val_far": cfg.train.val_far, "epochs": result.epochs_run,
                 "steps": result.steps, "stopped_early": result.stopped_early, "processes": env.world,
+                "augmentation": augmentation,
             }, indent=2))  # fmt: skip
         return result
     finally:

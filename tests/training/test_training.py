@@ -131,3 +131,39 @@ def test_overfit_check_fails_when_labels_are_shuffled_each_step(dataset: tuple[R
                          shuffle_labels=True)  # fmt: skip
     assert not result.passed
     assert "FAILED" in result.message and result.steps == cfg.train.overfit.max_steps
+
+
+def test_overfit_check_runs_the_real_loader_and_loop(dataset: tuple[RunConfig, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from training import overfit
+    from training.errors import TrainingError
+    from training.loop import Loop
+
+    cfg, folder = dataset
+    copy = tmp_path / "data"
+    shutil.copytree(folder, copy)
+    manifest = load_manifest(copy)
+    steps = []
+    real_step = Loop._train_step
+    monkeypatch.setattr(Loop, "_train_step", lambda self, *a: steps.append(1) or real_step(self, *a))
+    result = run_overfit(copy, manifest, cfg.model, cfg.head, cfg.train.overfit, seed=0)
+    assert result.passed and len(steps) == result.steps  # every step went through the training loop
+    # The images come from the crop files through the dataset: a corrupt file stops the check.
+    picked = overfit.pick_images([r for r in manifest.records if r.split == "train"], cfg.train.overfit, 0)
+    (copy / picked[0].crop).write_bytes(b"not a png")
+    with pytest.raises(TrainingError, match="unreadable"):
+        run_overfit(copy, manifest, cfg.model, cfg.head, cfg.train.overfit, seed=0)
+
+
+def test_gate_refuses_any_test_far_above_the_target() -> None:
+    from pydantic import ValidationError
+
+    from training.config import GateConfig
+    from training.gate import gate_reasons
+
+    cfg = GateConfig(target_far=1e-4, min_tar=0.5)
+    assert gate_reasons(cfg, 10**6, 10**6, 0.9, 1e-4) == []  # at the target: accepted
+    refused = gate_reasons(cfg, 10**6, 10**6, 0.9, 1.5e-4)  # 1.5x: the old 3x tolerance let it through
+    assert len(refused) == 1 and "does not transfer" in refused[0]
+    with pytest.raises(ValidationError):
+        GateConfig(max_far_ratio=3.0)
