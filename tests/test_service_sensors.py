@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import Mosquitto
 from mqtt_client import Collector, FakeRelay, wait_until
 from service_helpers import service_settings
 
 import facelock_mqtt.service as service_module
+from facelock_mqtt.pipeline.imageio import encode_jpeg
 from facelock_mqtt.homeassistant.topics import Topics
 from facelock_mqtt.service import Service
 from facelock_mqtt.settings import CameraSettings
@@ -77,4 +79,41 @@ def test_sensors_are_back_after_a_broker_restart(mosquitto: Mosquitto, service: 
         wait_until(lambda: all(latest(watcher, k) is not None for k in (*MEASURED, "liveness")), what="sensors")
         assert latest(watcher, "fps") == b"0.0"
     finally:
+        watcher.close()
+
+
+def test_a_second_service_on_the_same_data_replaces_the_first_ones_values(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real restart: the first service measures frames (snapshots pushed to its topic), stops;
+    the next one, on the same data folder, starts with 0 fps and no latency, not the old rate."""
+    monkeypatch.setattr(service_module, "SENSOR_PERIOD_S", 0.5)
+    camera = CameraSettings(name=DOOR, mqtt_topic="test/front/snapshot")
+    settings = service_settings(tmp_path, mosquitto)
+    watcher = Collector(mosquitto.host, mosquitto.port, [f"{TOPICS.door(DOOR)}/sensor/#"])
+    first = Service(settings, cameras=[camera], relay_factory=lambda _: FakeRelay())
+    try:
+        first.start()
+        assert first.bridge.mqtt.connected.wait(10)
+        snapshot = encode_jpeg(np.full((240, 320, 3), 90, np.uint8))
+
+        def measured() -> bool:
+            watcher.publish(camera.mqtt_topic, snapshot)  # a camera sending frames
+            return float(latest(watcher, "fps") or 0) > 0
+
+        wait_until(measured, what="the first service measuring frames")
+    finally:
+        first.stop()
+    flush = TOPICS.sensor(DOOR, "flush")  # after everything the first service sent
+    watcher.publish(flush, "1")
+    watcher.wait_for(flush)
+    count = len(watcher.payloads(TOPICS.sensor(DOOR, "fps")))
+    second = Service(settings, cameras=[camera], relay_factory=lambda _: FakeRelay())
+    try:
+        second.start()
+        wait_until(lambda: len(watcher.payloads(TOPICS.sensor(DOOR, "fps"))) > count, what="the second's values")
+        assert watcher.payloads(TOPICS.sensor(DOOR, "fps"))[count] == b"0.0"
+        assert latest(watcher, "decision_latency") == b"None"
+    finally:
+        second.stop()
         watcher.close()
