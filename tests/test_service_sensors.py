@@ -14,8 +14,8 @@ from mqtt_client import Collector, FakeRelay, wait_until
 from service_helpers import service_settings
 
 import facelock_mqtt.service as service_module
-from facelock_mqtt.pipeline.imageio import encode_jpeg
 from facelock_mqtt.homeassistant.topics import Topics
+from facelock_mqtt.pipeline.imageio import encode_jpeg
 from facelock_mqtt.service import Service
 from facelock_mqtt.settings import CameraSettings
 
