@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create .venv and install FaceLock into it. Usage: scripts/setup.sh [runtime|test]
 # The install is editable, so code changes need no reinstall: it runs only when .venv is missing
-# or pyproject.toml (dependencies, entry points, package data) changed since the last one, as
-# the stamp file records; otherwise this returns at once (a reinstall took 16-25 s every start).
+# or pyproject.toml (dependencies, entry points, package data) or this script changed since the
+# last one, as the stamp file records; otherwise this returns at once (a reinstall at every
+# start took 16-25 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want="${1:-runtime}"
-wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+wanted="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"  # what and how to install
 installed() { [ -x .venv/bin/python ] && [ "$(cat ".venv/.installed-$1" 2>/dev/null)" = "$wanted" ]; }
 if installed "$want" || { [ "$want" = runtime ] && installed test; }; then  # test includes runtime
     exit 0
