@@ -46,6 +46,15 @@ RUN pip install --constraint constraints.txt pip \
 COPY addon/run.sh /usr/local/bin/facelock-addon
 WORKDIR /data
 
+# Liveness from the first start: the two published Silent-Face weight files (pinned SHA-256)
+# are downloaded and converted to the served ONNX models with the runtime's own converter (no
+# PyTorch), into the image, where the add-on's `liveness.models` default points. A failed
+# download fails the build, so no image ships without liveness. The mirror is a build argument.
+ARG LIVENESS_WEIGHTS_URL=https://raw.githubusercontent.com/minivision-ai/Silent-Face-Anti-Spoofing/master/resources/anti_spoof_models/
+RUN facelock --data-dir /tmp/facelock-build liveness download --base-url "$LIVENESS_WEIGHTS_URL" \
+        --dest /tmp/liveness-weights --out /usr/share/facelock/liveness \
+ && rm -rf /tmp/liveness-weights /tmp/facelock-build
+
 # init: false (config.yaml): no s6-overlay; the start script execs the service, which handles
 # SIGTERM itself and locks every door on the way out.
 CMD ["/usr/local/bin/facelock-addon"]

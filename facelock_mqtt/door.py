@@ -180,13 +180,20 @@ class Door:
         if observation.usable:
             self.attempt_frames.append((frame.image, found.result.face))
         decision = self.attempt.add(observation)
-        if decision is not None:
+        if decision is not None and not self._waits_for_life(decision):
             self._conclude(decision)
 
     def _set_motion(self, motion: bool) -> None:
         if motion != self.motion:
             self.motion = motion
             self.publisher.publish_motion(self.name, motion)
+
+    def _waits_for_life(self, decision: Decision) -> bool:
+        """A recognised face that has not moved yet: take another frame (up to LIFE_MAX_FRAMES)
+        rather than judge it still now. A live face moves within a few frames; a picture never
+        does. The attempt's window still bounds the wait."""
+        liveness = self.guards.liveness
+        return decision.outcome == "recognized" and liveness is not None and liveness.wants_more_frames(self.attempt_frames)
 
     def _guard_recognition(self, frames: list[tuple[np.ndarray, object]], reason: str) -> tuple[str, str, object]:
         """(outcome, reason, liveness result) for a face the matcher recognised: it unlocks only
@@ -270,6 +277,7 @@ class Door:
             "camera": self.name,
             "reason": reason,
             "liveness": None if liveness is None else round(liveness.score, 3),
+            "life_motion": None if liveness is None or liveness.life_motion is None else round(liveness.life_motion, 4),
         }
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,29 +126,30 @@ class Recognizer:
                 problems.append(f"{source}: {merge} (--force to enroll anyway)")
             samples.append(sample)
         if not force:
-            problems += self._strangers_in_batch(samples)
+            problems += [f"{samples[i].source}: {why}" for i, why in self._strangers_in_batch(samples).items()]
         if problems:
             raise EnrollmentError("enrollment refused, nothing written: " + " | ".join(problems))
         action = f"enrolled {len(samples)} sample(s){' (forced past the merge check)' if force else ''}"
         with self._change(action, name, actor):
             return self.gallery.add(name, samples, self.fingerprint)
 
-    def _strangers_in_batch(self, samples: list[Sample]) -> list[str]:
+    def _strangers_in_batch(self, samples: list[Sample]) -> dict[int, str]:
         """Photos of one enrollment must show one person: each must match another photo of the
         batch. The looser FAR 1e-3 threshold is used here (99 % of genuine LFW pairs pass it),
-        as two photos of one person taken apart often fall below the 1e-6 door threshold."""
+        as two photos of one person taken apart often fall below the 1e-6 door threshold.
+        Returns why, for each sample (by index) that matches none of the others."""
         if len(samples) < 2:
-            return []
+            return {}
         embeddings = np.stack([sample.embedding for sample in samples]).astype(np.float32)
         scores = embeddings @ embeddings.T
         np.fill_diagonal(scores, -np.inf)
         threshold = self.bundle.threshold_for(BATCH_FAR).threshold
-        return [
-            f"{sample.source}: matches none of the other photos (best score {scores[i].max():.3f} <= "
-            f"{threshold:.3f}); enroll one person at a time"
-            for i, sample in enumerate(samples)
+        return {
+            i: f"matches none of the other photos (best score {scores[i].max():.3f} <= {threshold:.3f}); "
+            "enroll one person at a time"
+            for i in range(len(samples))
             if not scores[i].max() > threshold
-        ]
+        }
 
     def merge_problem(self, name: str, embedding: np.ndarray) -> str | None:
         """Why adding this face to `name` would merge two people, or None when it would not.
@@ -210,15 +212,22 @@ class Recognizer:
         return None
 
     def photo_verdicts(self, name: str, images: list[tuple[str, np.ndarray]]) -> list[PhotoVerdict]:
-        """Each photo's verdict for enrolling `name`: its face crop, or why it would be refused."""
-        verdicts = []
+        """Each photo's verdict for enrolling `name`: its face crop, or why it would be refused
+        (the same checks as `enroll`, photo by photo)."""
+        verdicts: list[PhotoVerdict] = []
+        samples: list[tuple[int, Sample]] = []  # (index in verdicts, sample) of photos with a usable face
         for source, image in images:
             try:
                 sample = self.enrollment_sample(image, source)
             except EnrollmentError as exc:
                 verdicts.append(PhotoVerdict(source, str(exc).removeprefix(f"{source}: "), None))
                 continue
+            samples.append((len(verdicts), sample))
             verdicts.append(PhotoVerdict(source, self.merge_problem(name.strip(), sample.embedding), sample.crop))
+        for i, why in self._strangers_in_batch([sample for _, sample in samples]).items():
+            index = samples[i][0]
+            if verdicts[index].refused is None:
+                verdicts[index] = dataclasses.replace(verdicts[index], refused=why)
         return verdicts
 
     @property

@@ -113,11 +113,12 @@ class Service:
         self.cameras = cameras if cameras is not None else list(settings.cameras)
         if not self.cameras:
             log.warning("no cameras configured: the service only serves Home Assistant and MQTT snapshots")
+        supervised = supervisor_mqtt(settings.mqtt)  # first: a refused or absent Supervisor fails at once
         data_dir = secure_dir(settings.data_dir)
         audit = AuditLog(data_dir / AUDIT_FILE, settings.audit)
-        report = audit.verify()
-        if not report.ok:
-            log.error("AUDIT TRAIL DAMAGED OR TAMPERED WITH: %s", report.summary())
+        self.audit_report = audit.verify()
+        if not self.audit_report.ok:
+            log.error("AUDIT TRAIL DAMAGED OR TAMPERED WITH: %s", self.audit_report.summary())
         self.recognizer = Recognizer(data_dir, settings.model, settings.quality, settings.match, audit=audit)
         self.recognizer.matcher  # fail at start, not at the door, if the bundle cannot serve the target FAR
         liveness_dir = settings.liveness.models or data_dir / "liveness"
@@ -128,7 +129,10 @@ class Service:
             liveness_required=settings.liveness.required,
         )
         self.problems = startup_problems(self.guards, self.cameras)
-        mqtt_settings, self.broker = embedded_broker_for(supervisor_mqtt(settings.mqtt))
+        if not self.audit_report.ok:
+            for reasons in self.problems.values():
+                reasons.append("the audit trail is damaged or was tampered with (`facelock audit verify`)")
+        mqtt_settings, self.broker = embedded_broker_for(supervised)
         doors = [c.name for c in self.cameras]
         self.bridge = HomeAssistantBridge(
             mqtt_settings, doors, settings.lock, relay_factory, pin_store=self.guards.lockout

@@ -123,6 +123,19 @@ step_done "1. FROM (base rootfs)" "$t"
 
 # --- 2. the Dockerfile's instructions ------------------------------------------------------------
 t=$(date +%s.%N)
+# The liveness weights come from their published address at build time; this machine cannot reach
+# it, so the same pinned files (SHA-256 checked by the build step) are served from the shared
+# models on loopback, as a --build-arg mirror would be.
+WEIGHTS=$SHARED/models/minifasnet
+if [ -d "$WEIGHTS" ]; then
+    WEIGHTS_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$PY" -m http.server --bind 127.0.0.1 --directory "$WEIGHTS" "$WEIGHTS_PORT" >"$WORK/weights.log" 2>&1 &
+    PIDS+=($!)
+    export FACELOCK_IMAGE_ARG_LIVENESS_WEIGHTS_URL="http://127.0.0.1:$WEIGHTS_PORT/"
+    say "liveness weights: served from $WEIGHTS on 127.0.0.1:$WEIGHTS_PORT (the build's mirror)"
+elif [ -n "${CI:-}" ]; then
+    fail "shared liveness weights not found at $WEIGHTS (see ../shared/models/README.md)"
+fi
 mount_in /proc -t proc proc
 mount_in /dev --bind /dev
 mount_in /sys --bind -o ro /sys
@@ -161,9 +174,9 @@ for number, (instruction, args) in enumerate(steps, 1):
     print(f"  step {number}: {instruction} {args}", flush=True)
     if instruction == "FROM":
         assert "bookworm" in args, f"the base image {args} is not Debian bookworm: update scripts/image-check.sh"
-    elif instruction == "ARG":
+    elif instruction == "ARG":  # FACELOCK_IMAGE_ARG_<NAME> plays `docker build --build-arg NAME=...`
         name, _, default = args.partition("=")
-        build_args[name] = default
+        build_args[name] = os.environ.get(f"FACELOCK_IMAGE_ARG_{name}", default)
     elif instruction == "LABEL":
         pass
     elif instruction == "ENV":
@@ -303,15 +316,12 @@ else
     CAMERA='{"name": "front_door", "mqtt_topic": "frigate/front_door/person/snapshot"}'
 fi
 
-# /data/options.json as the Supervisor writes it: config.yaml's defaults plus one camera. Without
-# liveness models a recognised face unlocks only where liveness can be made optional.
-REQUIRED=$(in_image python3 -c 'from facelock_mqtt.settings import LivenessSettings as L; print("required" in L.model_fields)')
-"$PY" - "$REPO/config.yaml" "$ROOTFS/data/options.json" "$CAMERA" "$REQUIRED" <<'PYEOF'
+# /data/options.json as the Supervisor writes it: config.yaml's defaults plus one camera. The
+# defaults require liveness, which the image now carries (the build's liveness step).
+"$PY" - "$REPO/config.yaml" "$ROOTFS/data/options.json" "$CAMERA" <<'PYEOF'
 import json, sys, yaml
 options = yaml.safe_load(open(sys.argv[1]))["options"]
 options["cameras"] = [json.loads(sys.argv[3])]
-if sys.argv[4] == "True":
-    options["liveness"] = {**options.get("liveness", {}), "required": False}
 open(sys.argv[2], "w").write(json.dumps(options, indent=1))
 PYEOF
 echo "  /data/options.json: $(tr -d '\n' <"$ROOTFS/data/options.json" | tr -s ' ')"
@@ -365,6 +375,8 @@ sleep 0.5
 [ "$(last facelock/availability)" = offline ] || fail "no offline after SIGTERM"
 [ "$(last facelock/front_door/lock/state)" = LOCKED ] || fail "the door's last state is not LOCKED"
 ! grep -q -F -e "$PASSWORD" -e "$TOKEN" "$WORK/start.log" || fail "a secret reached the add-on's log"
+grep -q "liveness on: MiniFASNet" "$WORK/start.log" || { cat "$WORK/start.log"; fail "the add-on started without liveness"; }
+say "liveness on from the first start (the models the build installed)"
 say "exit 0 on SIGTERM; last states: LOCKED, offline"
 step_done "4b. start path (start to exit)" "$t"
 

@@ -76,3 +76,11 @@ def test_force_overrides_the_merge_check_and_the_audit_trail_says_so(
     assert people(recognizer) == [("alice", 3)]
     actions = [r.details["action"] for r in list_records(tmp_path / "audit.sqlite3", event_type=GALLERY_EVENT)]
     assert any("forced past the merge check" in a for a in actions), actions
+
+
+def test_the_panel_verdicts_say_which_photo_of_a_batch_shows_someone_else(recognizer: Recognizer, shared_data: Path):
+    verdicts = recognizer.photo_verdicts("alice", [photo(shared_data, ALICE[0]), photo(shared_data, BOB)])
+    assert [v.source for v in verdicts] == [ALICE[0], BOB]
+    assert all(v.refused is not None and "matches none of the other photos" in v.refused for v in verdicts)
+    alone = recognizer.photo_verdicts("alice", [photo(shared_data, f) for f in ALICE])
+    assert [v.refused for v in alone] == [None, None]

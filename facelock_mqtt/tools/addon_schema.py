@@ -92,13 +92,15 @@ LABELS: dict[str, str] = {
     "mqtt.base_topic": "Base topic",
     "log_level": "Log level",
 }
-# Where the add-on differs from the model's default: liveness models live in the user-visible
-# add-on config folder (`/config` inside, `addon_configs/<slug>` on the host).
-ADDON_DEFAULTS: dict[str, Any] = {"liveness.models": "/config/liveness"}
+# Where the add-on differs from the model's default: the image installs the liveness models at
+# build time (the Dockerfile's liveness step) and the add-on serves those.
+IMAGE_LIVENESS = "/usr/share/facelock/liveness"
+ADDON_DEFAULTS: dict[str, Any] = {"liveness.models": IMAGE_LIVENESS}
 HINTS: dict[str, str] = {
     "cameras.url": " USB cameras are not passed into the add-on: serve them as RTSP (see the documentation).",
     "model.bundle": " Put it under /config (the add-on's folder in addon_configs on the host).",
-    "liveness.models": " In the add-on, /config/liveness is the add-on's folder addon_configs/<slug>/liveness on the host.",
+    "liveness.models": f" The add-on image carries them in {IMAGE_LIVENESS}; models of your own go under /config "
+    "(the add-on's folder addon_configs/<slug> on the host).",
 }
 
 

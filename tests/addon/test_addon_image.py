@@ -20,6 +20,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from test_addon import CONFIG, ROOT, options_file
 
+from facelock_mqtt.tools.addon_schema import IMAGE_LIVENESS
+
 
 def dockerfile() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
@@ -181,4 +183,5 @@ def test_run_script_serves_home_assistant_with_the_addon_options(tmp_path, mosqu
             proc.kill()
         log = proc.communicate()[1]
         collector.close()
-    assert "LIVENESS DETECTION IS OFF" in log and "/config/liveness" in log
+    # Outside the image the image's liveness folder is absent: the start says so, loudly.
+    assert "LIVENESS DETECTION IS OFF" in log and IMAGE_LIVENESS in log and "LIVENESS UNAVAILABLE" in log
