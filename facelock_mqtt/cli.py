@@ -130,6 +130,16 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> None:
     emit(args, result.model_dump(mode="json"), "\n".join(lines))
 
 
+@command("recalibrate")
+def _recalibrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 1 when a door's served threshold is refused: its false accepts are above the target."""
+    from .tools.recalibrate import format_result, recalibrate
+
+    result = recalibrate(recognizer(settings), settings, args.data, args.cohort, args.door)
+    emit(args, result, format_result(result))
+    return 1 if any(d["served"] == "refused" for d in result["doors"].values()) else 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (sub-commands inherit the class); `--help` still shows usage."""
 
@@ -184,6 +194,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--aligned", action="store_true", help="images are already aligned 112x112 crops")
     p.add_argument("--model-card", help="model card the calibration belongs to")
     p.add_argument("--write-default", type=Path, help=argparse.SUPPRESS)  # ships the default calibration
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = sub.add_parser("recalibrate", help="do the served thresholds hold for this camera? (exit 1 when refused)")
+    p.add_argument("--data", type=Path, required=True, help="<identity>/<aligned 112x112 face> folder, e.g. LFW aligned")
+    p.add_argument("--cohort", type=int, default=2000, help="impostor faces drawn from --data (default 2000)")
+    p.add_argument("--door", help="only this door's conditions (default: every door with drift state)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     add_service_commands(sub, command)
     return top
