@@ -101,6 +101,9 @@ class MosquittoBroker(EmbeddedBroker):
             self.process = subprocess.Popen(
                 [*_die_with_this_process(), self.binary, "-c", str(conf)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                # Its own session: a Ctrl-C or SIGTERM to FaceLock's process group must not end the
+                # broker before FaceLock has published `offline` and locked every door.
+                start_new_session=True,
             )  # fmt: skip
             self._watcher = threading.Thread(target=self._watch, args=(self.process,), name="mqtt-broker", daemon=True)
             self._watcher.start()

@@ -19,6 +19,11 @@ MAX_BYTES = 50 * 1024 * 1024  # a snapshot larger than this is not a camera fram
 MAX_PIXELS = 40_000_000  # camera snapshots: 8K UHD is 33 MP; decoded, 40 MP is 120 MB of BGR
 # Photo files (enroll, identify, verify) come from phones too: 108 MP sensors exist (360 MB of BGR).
 FILE_MAX_PIXELS = 120_000_000
+# A JPEG file above DECODE_PIXELS is decoded at 1/2, 1/4 or 1/8 scale (libjpeg scales in the DCT
+# domain: the full-size image never exists in memory), so a far larger one is still usable.
+DECODE_PIXELS = 40_000_000
+JPEG_FILE_MAX_PIXELS = 64 * DECODE_PIXELS
+_REDUCED = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Start-of-frame markers: baseline, extended, progressive, lossless, hierarchical, arithmetic.
@@ -113,9 +118,25 @@ def read_image(path: Path | str, max_pixels: int = FILE_MAX_PIXELS) -> np.ndarra
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from exc
     try:
+        size = _jpeg_size(data) if data[:2] == b"\xff\xd8" else None
+        if size is not None and size[0] * size[1] > DECODE_PIXELS:
+            return _decode_reduced(data, size)
         return decode_image(data, max_pixels, known_only=False)
     except ImageError as exc:
         raise ImageError(f"{path}: {exc}") from exc
+
+
+def _decode_reduced(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """A big JPEG at the least reduction that brings it within DECODE_PIXELS."""
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"image data too large ({len(data)} bytes)")
+    check_pixels(data, JPEG_FILE_MAX_PIXELS)
+    pixels = size[0] * size[1]
+    flag = next(flag for factor, flag in _REDUCED if pixels / factor**2 <= DECODE_PIXELS)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None or image.size == 0:
+        raise ImageError("data is not a decodable image")
+    return image
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:

@@ -104,7 +104,8 @@ def test_a_decompression_bomb_is_refused_from_its_header() -> None:
 
 
 def test_the_bound_is_a_parameter_and_files_have_a_higher_one(tmp_path: Path) -> None:
-    """Snapshots: 40 MP (camera setting); photo files: FILE_MAX_PIXELS, so a 108 MP phone photo passes."""
+    """Snapshots: 40 MP (camera setting); photo files: FILE_MAX_PIXELS, so a 108 MP phone photo passes,
+    and JPEG files up to JPEG_FILE_MAX_PIXELS by a reduced decode."""
     header = declaring(jpeg(drawn(64, 64)), 12_000, 9_000)  # 108 MP
     with pytest.raises(ImageError, match="MP limit"):
         check_pixels(header, MAX_PIXELS)
@@ -112,7 +113,7 @@ def test_the_bound_is_a_parameter_and_files_have_a_higher_one(tmp_path: Path) ->
     with pytest.raises(ImageError, match="over the 1 MP limit"):
         decode_image(jpeg(drawn(1280, 1024)), max_pixels=1_000_000)
     huge = tmp_path / "huge.jpg"
-    huge.write_bytes(declaring(jpeg(drawn(64, 64)), 20_000, 20_000))
+    huge.write_bytes(declaring(jpeg(drawn(64, 64)), 60_000, 60_000))  # 3.6 GP: past even a reduced decode
     with pytest.raises(ImageError, match=r"huge\.jpg: .*MP limit"):
         read_image(huge)
 
@@ -146,3 +147,23 @@ def test_empty_dimensions_are_refused() -> None:
     zero = declaring(png, 0, 16)
     with pytest.raises(ImageError, match="empty image"):
         decode_image(zero)
+
+
+def test_a_144_megapixel_photo_file_is_decoded_at_half_scale_and_its_face_found(tmp_path: Path, shared_data: Path) -> None:
+    """A 12000x12000 photo (over FILE_MAX_PIXELS) with a normal-size face: decoded reduced in the
+    JPEG's DCT domain (never held at full size), and the face is still there to enroll."""
+    face = cv2.imread(str(shared_data / "deepface" / "person01" / "img2.jpg"))
+    canvas = np.full((12000, 12000, 3), 120, np.uint8)
+    canvas[4000 : 4000 + face.shape[0] * 2, 5000 : 5000 + face.shape[1] * 2] = cv2.resize(face, None, fx=2, fy=2)
+    path = tmp_path / "huge.jpg"
+    assert cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    del canvas
+    image = read_image(path)
+    assert image.shape == (6000, 6000, 3)
+    from facelock_mqtt.models.default_bundle import default_bundle
+    from facelock_mqtt.pipeline.engine import FaceEngine
+    from facelock_mqtt.settings import ModelSettings, QualitySettings
+
+    engine = FaceEngine(default_bundle(tmp_path / "data"), ModelSettings(threads=2), QualitySettings())
+    found = engine.analyze(image)
+    assert found is not None and found.quality.ok, found
