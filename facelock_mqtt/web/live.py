@@ -36,7 +36,8 @@ def draw(live: tuple) -> np.ndarray:
         cv2.rectangle(picture, (x, y), (x + w, y + h), colour, 2)
         lines = list(result.quality.reasons)
         if match is not None:
-            lines.append(f"{match.person or '-'} {match.score:.3f} / {match.threshold:.3f}")
+            who = match.person if match.accepted else f"nobody (closest {match.person or '-'})"  # a refusal names no one
+            lines.append(f"{who} {match.score:.3f} / {match.threshold:.3f}")
         for i, line in enumerate(lines):
             cv2.putText(
                 picture, line, (x, max(14, y - 6 - 16 * i)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA
