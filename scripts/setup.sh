@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want="${1:-runtime}"
-wanted="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"  # what and how to install
+wanted="$(cat pyproject.toml addon/constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)"  # what and how
 installed() { [ -x .venv/bin/python ] && [ "$(cat ".venv/.installed-$1" 2>/dev/null)" = "$wanted" ]; }
 if installed "$want" || { [ "$want" = runtime ] && installed test; }; then  # test includes runtime
     exit 0
@@ -15,10 +15,13 @@ fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
+# The runtime dependencies at the add-on image's exact versions (addon/constraints.txt), so the
+# tests check what the image ships.
+pins=(--constraint addon/constraints.txt)
 if [ "$want" = test ]; then
     # torch 2.13.0 is the CPU build these machines keep on disk; another spec may pull a CUDA build.
-    python -m pip install --quiet -e ".[test]" "torch==2.13.0" "matplotlib>=3.8" "onnxscript>=0.5"
+    python -m pip install --quiet "${pins[@]}" -e ".[test]" "torch==2.13.0" "matplotlib>=3.8" "onnxscript>=0.5"
 else
-    python -m pip install --quiet -e .
+    python -m pip install --quiet "${pins[@]}" -e .
 fi
 echo "$wanted" > ".venv/.installed-$want"
