@@ -54,6 +54,8 @@ class EmbedderSpec(_Spec):
     file: str
     input: InputSpec
     embedding_size: int = Field(ge=16, le=4096)
+    # Which form of the network the file holds (e.g. "fp32", "int8-qdq"): the calibration is for it.
+    graph: str | None = None
 
 
 class Threshold(_Spec):

