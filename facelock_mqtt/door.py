@@ -7,6 +7,7 @@ leaves the door locked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,11 +22,12 @@ from .guards.liveness import LivenessModel
 from .guards.lockout import Lockout
 from .guards.streamcheck import StreamSanity
 from .homeassistant.lock import DoorLock
-from .pipeline.decide import Attempt, Decision, observe
+from .pipeline.decide import Attempt, Decision, Observation, observe
 from .pipeline.gate import MotionGate, expand_region
 from .pipeline.imageio import encode_jpeg
 from .pipeline.source import Frame
 from .recognizer import Recognizer
+from .remote import EdgeVerifier, RemoteFailure
 from .settings import CameraSettings, DecisionSettings, GateSettings
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ class Door:
         self.viewers = 0  # live-view clients of the panel; with none, the frame is not kept
         self.live: tuple | None = None  # (image, motion region, Identification | None) of the latest frame
         self._seen: tuple = (None, None)
+        self.remote: EdgeVerifier | None = None  # verify.mode remote/auto (remote/edge.py), set by the service
+        self.pending: list[tuple[np.ndarray, object, float]] = []  # remote: usable frames not yet sent
         self.drift = None  # the camera's DriftMonitor (guards/drift.py), set by the service; only observes
 
     def clock(self, frame: Frame) -> float:
@@ -130,6 +134,7 @@ class Door:
 
     def finish(self, now: float) -> None:
         """Close a pending attempt (end of a replayed clip, or shutdown)."""
+        self._send_pending(now)
         if self.attempt is not None:
             decision = self.attempt.close(now)
             if decision is not None:
@@ -145,6 +150,8 @@ class Door:
         self._set_motion(gated.motion)
         if self.drift is not None:
             self.drift.observe_gate(gated.passed)
+        if self.attempt is not None and self.attempt.expired(now):
+            self._send_pending(now)
         if self.attempt is not None and self.attempt.expired(now):
             self._conclude(self.attempt.close(now))
         # A person standing still in front of the door stops the motion; their attempt goes on.
@@ -163,9 +170,10 @@ class Door:
             return
         region = expand_region(gated.region, frame.image.shape, REGION_GROWTH) if gated.region else None
         self.stats.analysed += 1
-        found = self.recognizer.identify(frame.image, region)
+        identify = self.recognizer.identify if self.remote is None else self.remote.locate
+        found = identify(frame.image, region)
         if found.result is None and region is not None and self.attempt is not None:
-            found = self.recognizer.identify(frame.image)  # the face may stand still outside the motion
+            found = identify(frame.image)  # the face may stand still outside the motion
         self._seen = (gated.region, found)
         if found.result is None:
             return
@@ -176,12 +184,49 @@ class Door:
             self.attempt = Attempt(self.settings, matcher.threshold.threshold, matcher.target_far)
             self.first_capture = frame.ts
             self.attempt_frames = []
+        if self.remote is not None:
+            self._remote_frame(frame.image, found, now)
+            return
         observation = observe(found, now)
         if observation.usable:
             self.attempt_frames.append((frame.image, found.result.face))
         decision = self.attempt.add(observation)
         if decision is not None and not self._waits_for_life(decision):
             self._conclude(decision)
+
+    def _remote_frame(self, image: np.ndarray, found, now: float) -> None:
+        """Remote mode: a usable face waits until enough of them can decide, then they go out
+        in one request (remote/edge.py); a poor one counts at once, as it does locally."""
+        if not found.result.quality.ok:
+            decision = self.attempt.add(observe(found, now))
+            if decision is not None:
+                self._conclude(decision)
+            return
+        self.attempt_frames.append((image, found.result.face))
+        self.pending.append((image, found.result, now))
+        if self.remote.due(self.attempt, self.pending, self.attempt_frames, self.guards.liveness):
+            self._send_pending(now)
+
+    def _send_pending(self, now: float) -> None:
+        """Send the held-back frames; any remote failure denies the attempt with its reason."""
+        pending, self.pending = self.pending, []
+        if not pending or self.attempt is None or self.remote is None:
+            return
+        try:
+            found = self.remote.identify(self.name, pending, self.recognizer.matcher, self.guards.liveness)
+        except RemoteFailure as exc:
+            log.warning("door %s: remote verification failed: %s; door stays locked", self.name, exc)
+            for _, result, t in pending:  # seen, never judged: frames of the attempt, not matches
+                face = result.face
+                self.attempt.observations.append(Observation(t, None, None, False, "not verified", face.landmarks, face.box))
+            denied = self.attempt.close(now)
+            self._conclude(dataclasses.replace(denied, outcome="denied", person=None, reason=f"remote verification: {exc}"))
+            return
+        for identification, (_, _, t) in zip(found, pending, strict=True):  # frame by frame, as locally
+            decision = self.attempt.add(observe(identification, t))
+            if decision is not None and not self._waits_for_life(decision):
+                self._conclude(decision)
+                return
 
     def _set_motion(self, motion: bool) -> None:
         if motion != self.motion:
@@ -212,10 +257,11 @@ class Door:
     def _abandon(self) -> None:
         self.attempt = None
         self.attempt_frames = []
+        self.pending = []
 
     def _conclude(self, decision: Decision) -> None:
         frames, self.attempt_frames = self.attempt_frames, []
-        self.attempt = None
+        self.attempt, self.pending = None, []
         self.cooldown_until = decision.ended + self.settings.cooldown_s
         latency_ms = 1000 * (time.monotonic() - self.first_capture) if self.first_capture is not None else None
         self.stats.decisions += 1

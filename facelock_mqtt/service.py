@@ -19,12 +19,13 @@ from .door import LIVENESS_UNAVAILABLE, UNTRUSTED_SOURCE, Door, DoorStats, Guard
 from .errors import ConfigError
 from .guards.audit import AUDIT_FILE, AuditLog
 from .guards.drift import DriftMonitor
-from .guards.liveness import liveness_status, load_liveness
+from .guards.liveness import LivenessModel, liveness_status, load_liveness, load_operating_point
 from .guards.lockout import Lockout
 from .homeassistant.bridge import UNKNOWN, HomeAssistantBridge
 from .homeassistant.broker import embedded_broker_for
 from .pipeline.source import FrameSource, open_source
 from .recognizer import Recognizer
+from .remote import EdgeVerifier, RemoteLiveness, RemoteVerifier
 from .settings import CameraSettings, MqttSettings, Settings
 from .storage.files import secure_dir
 from .storage.snapshots import SNAPSHOT_DIR, SnapshotStore
@@ -128,6 +129,8 @@ class Service:
             liveness=load_liveness(liveness_dir, settings.model.threads),
             liveness_required=settings.liveness.required,
         )
+        if settings.verify.mode != "local":  # the CNN runs on the workers; the fusion stays here
+            self.guards.liveness = remote_liveness(settings, self.guards.liveness)
         self.problems = startup_problems(self.guards, self.cameras)
         if not self.audit_report.ok:
             for reasons in self.problems.values():
@@ -159,6 +162,18 @@ class Service:
         for door in self.doors.values():
             door.snapshots = self.snapshots
             door.drift = DriftMonitor.for_door(door.name, settings.drift, data_dir)
+        self.remote = self._remote_verifier(mqtt_settings)
+
+    def _remote_verifier(self, mqtt_settings: MqttSettings) -> EdgeVerifier | None:
+        """verify.mode remote/auto: every door verifies through the workers (remote/)."""
+        verify = self.settings.verify
+        if verify.mode == "local":
+            return None
+        client = RemoteVerifier(mqtt_settings, verify, mqtt_settings.client_id + "-verify")
+        edge = EdgeVerifier(client, self.recognizer.engine, self.recognizer.fingerprint, auto=verify.mode == "auto")
+        for door in self.doors.values():
+            door.remote = edge
+        return edge
 
     def _clear_lockout(self, door: str) -> Callable[[str | None], None]:
         """Every clear request is audited: refused, cleared, or with nothing to clear."""
@@ -187,6 +202,9 @@ class Service:
         self.start_cameras()
 
     def start_cameras(self) -> None:
+        if self.remote is not None and not self.remote.client.link.connected.is_set():
+            self.remote.client.start()  # BrokerUnavailable at start rather than a denial at the door
+            self.remote.publish_gallery(self.recognizer.matcher)
         for door in self.doors.values():
             # Fresh values at every start: the broker still holds the previous process's (retained).
             idle = {"fps": 0.0, "gate_pass_rate": UNKNOWN, "cpu": UNKNOWN, "decision_latency": UNKNOWN}
@@ -256,6 +274,8 @@ class Service:
             source.stop()
         self.wait(timeout=10)
         self.bridge.stop()
+        if self.remote is not None:
+            self.remote.client.stop()
         if self.panel is not None:
             self.panel.stop()
         if self.snapshots is not None:
@@ -309,6 +329,14 @@ def startup_problems(guards: Guards, cameras: list[CameraSettings]) -> dict[str,
             log.warning("door %s: fed by MQTT topic %s, not marked trusted: it reports decisions but never unlocks",
                         camera.name, camera.mqtt_topic)  # fmt: skip
     return problems
+
+
+def remote_liveness(settings: Settings, local: LivenessModel | None) -> RemoteLiveness | None:
+    """The door's liveness guard in remote/auto mode: CNN scores from the workers (and, in auto
+    mode, from local models when no worker answers); None when the user turned liveness off."""
+    if not settings.liveness.required and local is None:
+        return None
+    return RemoteLiveness(load_operating_point(), local if settings.verify.mode == "auto" else None)
 
 
 def replay_camera(video: str, door: str, fps: float) -> CameraSettings:

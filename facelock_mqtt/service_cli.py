@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +15,9 @@ from pathlib import Path
 from .cli_audit import add_audit_commands, run_audit
 from .errors import BrokerUnavailable, ConfigError
 from .guards.liveness import WEIGHTS_URL
+from .remote.worker import Worker
 from .service import Service, replay_camera
-from .settings import Settings
+from .settings import MqttSettings, Settings
 from .tools.bench import add_bench_command
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,21 @@ def _drift(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    """`facelock worker`: answer the doors' remote verification requests (remote/worker.py)."""
+    client_id = args.client_id or f"facelock-worker-{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+    mqtt = MqttSettings.model_validate({**settings.mqtt.model_dump(), "client_id": client_id})
+    worker = Worker(settings.model_copy(update={"mqtt": mqtt}), client_id)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    worker.start()  # BrokerUnavailable: a one-line error
+    print(f"worker {client_id} ready", flush=True)  # tests and scripts wait for this line
+    done.wait()
+    worker.stop()
+    return 0
+
+
 def _add_liveness_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("liveness", help="install the liveness (anti-spoofing) models")
     verbs = p.add_subparsers(dest="liveness_command", required=True)
@@ -117,6 +135,9 @@ def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
     p.add_argument("--json", action="store_true", help="JSON: {door: {statistic: {psi, drifted, ...}}}")
     command("drift")(_drift)
     command("run")(_run)
+    p = sub.add_parser("worker", help="answer the doors' remote verification requests over MQTT 5 (docs/REMOTE.md)")
+    p.add_argument("--client-id", help="this worker's MQTT client id, unique per worker (default: host name and pid)")
+    command("worker")(_worker)
     command("replay")(_replay)
     command("audit")(run_audit)
     command("liveness")(_liveness)

@@ -314,6 +314,36 @@ class WebSettings(Section):
     )
 
 
+class VerifySettings(Section):
+    """Where faces are verified: at the door, or by `facelock worker` processes over MQTT (docs/REMOTE.md)."""
+
+    mode: Literal["local", "remote", "auto"] = Field(
+        "local",
+        description="local: verify at the door; remote: send each attempt's face crops to `facelock worker` "
+        "processes over the MQTT broker (MQTT 5); auto: remote, and local when no worker answers in time.",
+    )
+    group: str = Field(
+        "facelock", pattern=r"^[A-Za-z0-9_\-]+$", description="Shared-subscription group the workers join."
+    )
+    deadline_s: float = Field(
+        2.0, gt=0.0, le=30.0, description="Seconds a door waits for a worker's answer; none in time denies."
+    )
+    max_age_s: float = Field(
+        10.0, gt=0.0, le=300.0, description="Oldest signed request or answer accepted (clock skew included)."
+    )
+    secret: SecretStr | None = Field(
+        None, description="Shared secret signing requests, answers and the gallery (HMAC-SHA256), 16+ characters."
+    )
+
+    @model_validator(mode="after")
+    def _secret_for_remote(self) -> VerifySettings:
+        if self.mode != "local" and self.secret is None:
+            raise ValueError(f"mode {self.mode} needs a secret (verify.secret / FACELOCK_VERIFY__SECRET)")
+        if self.secret is not None and len(self.secret.get_secret_value()) < 16:
+            raise ValueError("secret must have at least 16 characters")
+        return self
+
+
 class _OptionsFile(JsonConfigSettingsSource):
     """The options file holds one JSON object; anything else (an array, a number) is a one-line error."""
 
@@ -352,6 +382,7 @@ class Settings(BaseSettings):
     liveness: LivenessSettings = LivenessSettings()
     web: WebSettings = WebSettings()
     drift: DriftSettings = DriftSettings()
+    verify: VerifySettings = VerifySettings()
 
     @model_validator(mode="after")
     def _unique_doors(self) -> Settings:

@@ -27,7 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "guards": {"pipeline", "models", "storage", "settings", "errors"},
     "homeassistant": {"settings", "errors"},
     "recognizer": {"guards", "pipeline", "models", "storage", "settings", "errors"},
-    "door": {"recognizer", "guards", "homeassistant", "pipeline", "models", "storage", "settings", "errors"},
+    "remote": {"homeassistant", "guards", "pipeline", "models", "storage", "settings", "errors"},
+    "door": {"recognizer", "remote", "guards", "homeassistant", "pipeline", "models", "storage", "settings", "errors"},
 }
 RUNTIME = set(ALLOWED) | {"web", "service"}
 MAX_TOP_LEVEL_MODULES = 12

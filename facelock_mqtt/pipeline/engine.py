@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -51,15 +52,24 @@ class FaceEngine:
 
     def analyze_faces(self, image: np.ndarray, faces: list[Face], embed_poor: bool = False) -> FaceResult | None:
         """`analyze` for faces already detected in `image`."""
+        result = self.locate_faces(image, faces)
+        if result is None or not (result.quality.ok or embed_poor):
+            return result
+        return dataclasses.replace(result, embedding=self.embedder.embed([result.crop])[0])
+
+    def locate(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> FaceResult | None:
+        """`analyze` stopping before the embedding: what a door in remote mode does itself."""
+        return self.locate_faces(image, self.faces(image, region))
+
+    def locate_faces(self, image: np.ndarray, faces: list[Face]) -> FaceResult | None:
+        """The best face of `faces`, aligned and quality-checked, without an embedding."""
         if not faces:
             return None
         face = max(faces, key=frontal_rank)
         if len(faces) > 1:
             log.debug("%d faces in frame; using the largest, most frontal (box %s)", len(faces), face.box.round())
         crop = align_face(image, face.landmarks)
-        quality = assess(face, crop, self.quality_settings)
-        embedding = self.embedder.embed([crop])[0] if quality.ok or embed_poor else None
-        return FaceResult(face, crop, quality, embedding, len(faces))
+        return FaceResult(face, crop, assess(face, crop, self.quality_settings), None, len(faces))
 
     def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
         return self.embedder.embed(crops)

@@ -58,9 +58,14 @@ class Matcher:
         self.min_margin = min_margin
 
     def match(self, embedding: np.ndarray) -> MatchResult:
+        scores = self.templates @ embedding.astype(np.float32) if len(self.people) else np.zeros(0, np.float32)
+        return self.match_scores(scores)
+
+    def match_scores(self, scores: np.ndarray) -> MatchResult:
+        """The match for a probe's cosine scores against each template (in `templates` order):
+        a remote worker's scores are judged by the same rules as the door's own."""
         best = {}
         if len(self.people):
-            scores = self.templates @ embedding.astype(np.float32)
             for name in self.names:
                 best[name] = float(scores[self.people == name].max())
         ranked = sorted(best.items(), key=lambda item: -item[1])
