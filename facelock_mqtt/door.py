@@ -110,7 +110,14 @@ class Door:
         self._seen: tuple = (None, None)
         self.remote: EdgeVerifier | None = None  # verify.mode remote/auto (remote/edge.py), set by the service
         self.pending: list[tuple[np.ndarray, object, float]] = []  # remote: usable frames not yet sent
+        self.gate_passed = False  # whether the gate let the last frame through
         self.drift = None  # the camera's DriftMonitor (guards/drift.py), set by the service; only observes
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to look at: the gate held the last frame back and no attempt is open. The
+        source may then decode only keyframes (pipeline/av_source.py)."""
+        return not self.gate_passed and self.attempt is None
 
     def clock(self, frame: Frame) -> float:
         """Video position in replay (so windows mean the same as live), capture time live."""
@@ -146,6 +153,7 @@ class Door:
             self.stats.stale += 1  # an old frame must never open the door
             return
         gated = self.gate.update(frame.image, now)
+        self.gate_passed = gated.passed
         self._seen = (gated.region, None)
         self._set_motion(gated.motion)
         if self.drift is not None:

@@ -230,6 +230,8 @@ class Service:
                 break
             if frame is not None:
                 door.process(frame)
+                if hasattr(source, "set_idle"):  # keyframes only while the door is idle (av_source)
+                    source.set_idle(door.idle)
             if period.due():  # with or without frames: a dead camera shows 0 fps, not its last rate
                 self.bridge.publish_problems(door.name, self._runtime_problems(door.name))
                 drift = door.drift.score()

@@ -47,6 +47,7 @@ CALIBRATION_FILE = "default_calibration.json"
 INT8_CALIBRATION_FILE = "default_calibration_int8.json"
 FP32_GRAPH = "fp32"
 FP32_FILE = "embedder_fp32"  # the file role of the fp32 graph, kept beside the int8 one
+INT8_REFUSED = "int8_refused"  # in a bundle serving fp32: the int8 graph SHA-256 it was refused against
 
 
 def source_dir() -> Path:
@@ -137,6 +138,8 @@ def _build_int8(fp32: Path, target: Path) -> bool:
     if expected is None or not shipped_ranges().is_file():
         log.info("no int8 calibration shipped: serving the fp32 SFace graph")
         return False
+    # Noted first, so that a refusal below is not retried at every start (see _up_to_date).
+    (target.parent / INT8_REFUSED).write_text(expected)
     try:
         quantize_embedder(fp32, target, shipped_ranges())
     # e.g. an onnxruntime too old to read the ranges (TypeError): fp32 is always safe to serve
@@ -154,7 +157,22 @@ def _build_int8(fp32: Path, target: Path) -> bool:
         )  # fmt: skip
         target.unlink()
         return False
+    (target.parent / INT8_REFUSED).unlink()
     return True
+
+
+def _up_to_date(bundle: Bundle) -> bool:
+    """Whether a cached bundle serves what this package ships: the int8 graph when one is
+    calibrated (unless this machine already built and refused exactly that one), with the
+    calibration of the graph it serves."""
+    graph = bundle.manifest.embedder.graph or FP32_GRAPH
+    if bundle.manifest.calibration != shipped_calibration(graph):
+        return False
+    expected = int8_graph_sha256()
+    if graph == INT8_GRAPH:
+        return bundle.manifest.files[bundle.manifest.embedder.file].sha256 == expected
+    refused = bundle.path / INT8_REFUSED
+    return expected is None or (refused.is_file() and refused.read_text() == expected)
 
 
 def fp32_view(bundle: Bundle) -> Bundle:
@@ -172,9 +190,9 @@ def default_bundle(data_dir: Path) -> Bundle:
     if target.exists():
         try:
             bundle = load_bundle(target)
-            if bundle.manifest.calibration == shipped_calibration(bundle.manifest.embedder.graph or FP32_GRAPH):
+            if _up_to_date(bundle):
                 return bundle
-            log.info("default bundle calibration changed; rebuilding %s", target)
+            log.info("default bundle graph or calibration changed; rebuilding %s", target)
         except BundleError as exc:
             log.warning("rebuilding the default bundle: %s", exc)
     log.info("building the default bundle in %s (once)", target)

@@ -30,6 +30,14 @@ RANGES_FILE = "sface_int8_ranges.json"
 REDUCE_RANGE = False
 
 
+class _QuantiserNoise(logging.Filter):
+    """onnxruntime's quantiser warns on the root logger about SFace's rank-1 batch-norm scales
+    (which it rightly leaves per-tensor) at every build: not a user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname or "quantization" not in record.pathname
+
+
 def shipped_ranges() -> Path:
     """The activation ranges shipped with the package (an onnxruntime calibration cache)."""
     return Path(str(resources.files(__package__).joinpath(RANGES_FILE)))
@@ -62,15 +70,24 @@ def quantize_embedder(fp32: Path, target: Path, ranges: Path, crops: list[np.nda
     With `crops`, the activation ranges are measured on them and written to `ranges` (which must
     not exist yet); without, `ranges` is read and no inference runs.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.preprocess import quant_pre_process
-
     if crops is None and not ranges.is_file():
         raise FileNotFoundError(f"activation ranges {ranges} are missing")
     if crops is not None and ranges.exists():
         raise FileExistsError(f"{ranges} exists: remove it to measure the ranges again")
     model = onnx.load(str(fp32))
     rewrite_prelu(model)
+    noise = _QuantiserNoise()
+    logging.getLogger().addFilter(noise)
+    try:
+        _quantize(model, target, ranges, crops)
+    finally:
+        logging.getLogger().removeFilter(noise)
+
+
+def _quantize(model: onnx.ModelProto, target: Path, ranges: Path, crops: list[np.ndarray] | None) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.preprocess import quant_pre_process
+
     with tempfile.TemporaryDirectory(prefix="facelock-quant-") as scratch:
         rewritten, prepared = Path(scratch) / "rewritten.onnx", Path(scratch) / "prepared.onnx"
         onnx.save(model, str(rewritten))

@@ -395,6 +395,11 @@ def open_source(camera: CameraSettings, *, realtime: bool = True) -> FrameSource
     """The source a camera's settings call for (not started)."""
     if camera.mqtt_topic is not None:
         return MqttSnapshotSource(camera)
+    from . import av_source  # imports this module
+
+    # Streams and files played live: PyAV, which decodes only keyframes while the door is idle.
+    if realtime and not _DEVICE.match(camera.url or "") and av_source.available():
+        return av_source.AVSource(camera, realtime=realtime)
     return OpenCVSource(camera, realtime=realtime)
 
 

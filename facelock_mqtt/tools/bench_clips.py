@@ -16,12 +16,14 @@ import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..errors import FaceLockError
+from ..pipeline.av_source import available as av_available
 from ..pipeline.imageio import read_image
 
 WIDTH, HEIGHT = 640, 480  # NUAA frames are 640x480: the scene matches them
@@ -179,8 +181,29 @@ def ffmpeg_binary() -> str | None:
     return shutil.which("ffmpeg")
 
 
+KEYFRAME_INTERVAL_S = 1.0  # a door camera's I-frame interval, as DOCS.md advises
+
+
+def _write_clip_pyav(frames: Iterable[np.ndarray], path: Path, fps: float, size: tuple[int, int]) -> str:
+    import av
+
+    gop = max(1, round(fps * KEYFRAME_INTERVAL_S))
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        # Low CRF keeps the sensor noise, so a still scene does not decode to repeated frames.
+        stream.options = {"crf": "18", "preset": "veryfast", "g": str(gop), "bf": "0", "sc_threshold": "0"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        container.mux(stream.encode())
+    return f"h264 (libx264 via PyAV, keyframe every {gop} frames)"
+
+
 def write_clip(frames: Iterable[np.ndarray], path: Path, fps: float, size: tuple[int, int]) -> str:
-    """Write frames (BGR, `size` = width x height) as H.264 with ffmpeg, else MJPEG; the codec."""
+    """Write frames (BGR, `size` = width x height) as H.264 (PyAV, else the ffmpeg program), else
+    MJPEG; the codec."""
+    if av_available():
+        return _write_clip_pyav(frames, path, fps, size)
     binary = ffmpeg_binary()
     if binary is None:
         writer = cv2.VideoWriter(str(path.with_suffix(".avi")), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
@@ -193,6 +216,7 @@ def write_clip(frames: Iterable[np.ndarray], path: Path, fps: float, size: tuple
     command = [
         binary, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{size[0]}x{size[1]}",
         "-r", f"{fps:g}", "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+        "-g", str(max(1, round(fps * KEYFRAME_INTERVAL_S))),
         "-pix_fmt", "yuv420p", "-f", "mp4", str(path),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -43,6 +43,12 @@ def headline(report: dict) -> list[tuple[str, object, str, bool | None]]:
         add("CPU saved by the gate, door day (pipeline)", energy["cpu_saving_pipeline"], ">= 20x", lambda v: v >= 20)
         add("CPU saved by the gate, door day (incl. decoding)", energy["cpu_saving_with_decode"], ">= 15x",
             lambda v: v >= 15)  # fmt: skip
+        if "cpu_saving_with_decode_full_decoding" in energy:
+            add("CPU saved, door day, incl. decoding every frame (no keyframe mode)",
+                energy["cpu_saving_with_decode_full_decoding"], "(info)", None)  # fmt: skip
+        delays = [d for d in energy.get("decision_delay_frames", []) if d is not None]
+        add("worst first-decision delay from keyframe-only idle decoding (frames)", max(delays, default=None), "<= 1",
+            lambda v: v <= 1)  # fmt: skip
         add("visits missed because of the gate", energy["visits_missed_by_gate"], "0", lambda v: v == 0)
         add("gate openings with nobody there", energy["gate"]["motion_events_without_visit"], "(info)", None)
         add("frames past the gate with nobody there", energy["gate"]["frames_passed_without_visit"], "(info)", None)
@@ -85,9 +91,16 @@ def _gate(section: dict) -> list[str]:
 
 def _energy(section: dict) -> list[str]:
     clip = f"{section['seconds']:.0f} s at {section['fps']:.0f} fps ({section['frames']} frames, {section['codec']})"
-    lines = [f"Clip: {clip}, {len(section['visits'])} visit(s), {section['repeats']} repeat(s).", ""]
+    delays = section.get("decision_delay_frames")
+    lines = [
+        f"Clip: {clip}, {len(section['visits'])} visit(s), {section['repeats']} repeat(s); decoder "
+        + f"{section.get('decoder', 'opencv')}; decisions delayed by keyframe-only idle decoding (frames): {delays}.",
+        "",
+    ]
     rows = []
-    for mode in ("gate", "every_frame"):
+    for mode in ("gate", "gate_full_decode", "every_frame"):
+        if mode not in section:
+            continue
         m = section[mode]
         expected = sum(o["as_expected"] for o in m["outcomes"])
         rows.append([mode, m["pipeline_cpu_s"], m["decode_cpu_s"], m["frames_analysed"], m["refused_sanity"],

@@ -89,3 +89,20 @@ def test_int8_graph_takes_the_same_input_with_a_free_batch(bundle) -> None:
     assert output.shape[1:] == [128]
     crops = [np.full((112, 112, 3), v, np.uint8) for v in (40, 200)]
     assert Embedder(bundle, threads=1).embed(crops).shape == (2, 128)  # batched, as enrollment runs it
+
+
+def test_a_cached_fp32_bundle_is_rebuilt_once_int8_is_shipped_but_a_refusal_sticks(tmp_path: Path, monkeypatch) -> None:
+    """A bundle built before the int8 calibration shipped must not keep serving fp32; one that
+    refused exactly the shipped int8 graph is not rebuilt at every start."""
+    monkeypatch.setattr(default, "int8_graph_sha256", lambda: None)  # as before int8 was shipped
+    old = default.default_bundle(tmp_path)
+    assert old.manifest.embedder.graph == default.FP32_GRAPH
+    monkeypatch.undo()
+    current = default.default_bundle(tmp_path)
+    assert current.manifest.embedder.graph == GRAPH
+    monkeypatch.setattr(default, "int8_graph_sha256", lambda: "1" * 64)  # this machine quantises differently
+    refused = default.default_bundle(tmp_path)
+    assert refused.manifest.embedder.graph == default.FP32_GRAPH
+    stamp = (refused.path / "manifest.json").stat().st_mtime_ns
+    assert default.default_bundle(tmp_path).manifest == refused.manifest
+    assert (refused.path / "manifest.json").stat().st_mtime_ns == stamp  # not rebuilt again
