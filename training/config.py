@@ -111,6 +111,10 @@ class TrainConfig(Section):
     threads: int = Field(0, ge=0, le=256, description="CPU threads per process (0: torch's default).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (smoke runs).")
     max_minutes: float | None = Field(None, gt=0, description="Time box: stop after the epoch step that crosses it.")
+    anchor: float = Field(
+        0.0, ge=0, description="Weight of 1 - cosine(embedding of the augmented crop, served model's embedding of the "
+        "clean crop): invariance to door conditions without moving the clean geometry low-FAR thresholds rest on."
+    )
     overfit: OverfitConfig = OverfitConfig()
 
 

@@ -50,8 +50,22 @@ def served_embeddings(embedder: Embedder, folder: Path, records: list[Record]) -
         if str(data["key"]) == key:
             return data["embeddings"]
     vectors = embed_with_progress(embedder, load_crops(folder, records), "served-model embeddings")
-    np.savez(cache, key=key, embeddings=vectors)
+    np.savez(cache, key=key, embeddings=vectors, crops=np.array([r.crop for r in records]))
     return vectors
+
+
+def cached_served_embeddings(folder: Path, records: list[Record]) -> np.ndarray | None:
+    """The served model's embeddings of `records` from the dedupe cache, or None if any is missing."""
+    cache = Path(folder) / EMBEDDINGS
+    if not cache.is_file():
+        return None
+    data = np.load(cache)
+    if "crops" not in data:
+        return None
+    row = {crop: i for i, crop in enumerate(data["crops"].tolist())}
+    if any(r.crop not in row for r in records):
+        return None
+    return data["embeddings"][[row[r.crop] for r in records]]
 
 
 @dataclass(frozen=True)

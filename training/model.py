@@ -123,9 +123,9 @@ class ArcFaceHead(nn.Module):
 class ArcFaceTrainee(nn.Module):
     """Backbone + margin head; forward(images, labels) returns the loss (what Loop fits)."""
 
-    def __init__(self, backbone: nn.Module, head: ArcFaceHead, freeze_bn: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, head: ArcFaceHead, freeze_bn: bool = False, anchor: float = 0.0) -> None:
         super().__init__()
-        self.backbone, self.head, self.freeze_bn = backbone, head, freeze_bn
+        self.backbone, self.head, self.freeze_bn, self.anchor = backbone, head, freeze_bn, anchor
 
     def train(self, mode: bool = True) -> ArcFaceTrainee:
         super().train(mode)
@@ -135,16 +135,25 @@ class ArcFaceTrainee(nn.Module):
                     m.eval()
         return self
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images), labels)
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`targets`: class labels, or with an anchor rows of [label, teacher embedding...]."""
+        if not self.anchor:
+            return self.head(self.backbone(images), targets)
+        embeddings = self.backbone(images)
+        teacher = targets[:, 1:].float()
+        drift = 1.0 - F.cosine_similarity(embeddings.float(), teacher, dim=1).mean()
+        return self.head(embeddings, targets[:, 0].long()) + self.anchor * drift
 
 
 def default_sface() -> Path:
-    """The served embedder file (facelock's default bundle, built on first use)."""
-    from facelock_mqtt.models.default_bundle import default_bundle
+    """The default bundle's fp32 SFace graph (built on first use); the int8 graph it may serve
+    beside it is for inference, not for fine-tuning."""
+    from facelock_mqtt.models import default_bundle as default
     from facelock_mqtt.settings import Settings
 
-    return default_bundle(Settings.model_fields["data_dir"].default).file("embedder")
+    bundle = default.default_bundle(Settings.model_fields["data_dir"].default)
+    fp32 = getattr(default, "FP32_FILE", None)
+    return bundle.file(fp32 if fp32 in bundle.manifest.files else "embedder")
 
 
 def _architecture(cfg: ModelConfig, spec: list[dict] | None = None) -> nn.Module:

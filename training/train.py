@@ -20,6 +20,7 @@ from facelock_mqtt.models.metrics import all_pairs_scores, far_key, tar_at_far
 from .augment import Augmenter
 from .config import RunConfig, TrainConfig
 from .dataset import Record, labels_of, load_crops, load_manifest, select
+from .dedupe import cached_served_embeddings
 from .distributed import DistEnv, broadcast_floats, setup, teardown
 from .errors import OverfitFailed, TrainingError
 from .loop import LAST, CropDataset, FitResult, Loop, LoopConfig, seed_everything
@@ -58,8 +59,28 @@ def make_trainee(cfg: RunConfig, folder: Path, records: list[Record], labels: np
     head = ArcFaceHead(cfg.model.embedding_size, classes, cfg.head)
     if cfg.head.init == "class_mean":
         log.info("head: class centres from the mean embedding of %d training images", len(records))
-        head.init_from_means(torch.from_numpy(embed(backbone, load_crops(folder, records))), torch.from_numpy(labels))
-    return ArcFaceTrainee(backbone, head, freeze_bn=cfg.model.freeze_bn)
+        # The unmodified served SFace computes the dedupe cache's vectors (to 1e-5): reuse them.
+        served = cfg.model.arch == "sface" and cfg.model.pretrained is None and cfg.model.init_from is None
+        vectors = cached_served_embeddings(folder, records) if served else None
+        if vectors is None:
+            vectors = embed(backbone, load_crops(folder, records))
+        head.init_from_means(torch.from_numpy(vectors), torch.from_numpy(labels))
+    return ArcFaceTrainee(backbone, head, freeze_bn=cfg.model.freeze_bn, anchor=cfg.train.anchor)
+
+
+def anchored_targets(folder: Path, records: list[Record], labels: np.ndarray,
+                     backbone: nn.Module) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Rows of [label, the starting backbone's embedding of the clean crop] for the crop and its mirror."""
+    from .distill import teacher_targets
+
+    class Teacher:  # the backbone before any step: for an imported SFace, the served fp32 model to 1e-5
+        @staticmethod
+        def embed(crops: list[np.ndarray]) -> np.ndarray:
+            return embed(backbone, np.stack(crops))
+
+    plain, flipped = teacher_targets(Teacher, folder, records, Path(folder) / "anchor_targets.npz")
+    column = labels[:, None].astype(np.float32)
+    return np.hstack([column, plain]), np.hstack([column, flipped])
 
 
 def fit_arcface(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, resume: bool = False) -> FitResult:
@@ -86,7 +107,9 @@ def arcface_loop(cfg: RunConfig, folder: Path, env: DistEnv, out: Path | None, r
         "augment": cfg.augment.model_dump(mode="json"),
     }
     settings = dataclasses.replace(loop_config(cfg.train, cfg.seed, env.device), precise_bn=not cfg.model.freeze_bn)
-    dataset = CropDataset(folder, records, labels, flip=True, augment=augmenter if augmenter.steps else None)
+    targets, flipped = anchored_targets(folder, records, labels, trainee.backbone) if cfg.train.anchor else (labels, None)
+    dataset = CropDataset(folder, records, targets, flip=True, flipped_targets=flipped,
+                          augment=augmenter if augmenter.steps else None)  # fmt: skip
     loop = Loop(trainee, dataset, settings, env, out, validate, extra)
     loop.augmenter = augmenter
     if resume:
