@@ -23,7 +23,8 @@ from .guards.lockout import Lockout
 from .guards.streamcheck import StreamSanity
 from .homeassistant.lock import DoorLock
 from .pipeline.decide import Attempt, Decision, Observation, observe
-from .pipeline.gate import MotionGate, expand_region
+from .pipeline.gate import expand_region
+from .pipeline.ml_gate import build_gate
 from .pipeline.imageio import encode_jpeg
 from .pipeline.source import Frame
 from .recognizer import Recognizer
@@ -96,7 +97,7 @@ class Door:
         self.guards = guards
         self.publisher = publisher
         self.on_event = on_event
-        self.gate = MotionGate(gate, camera.mask)
+        self.gate = build_gate(gate, camera.mask)  # gate.kind: motion, ml or both (pipeline/ml_gate.py)
         self.sanity = StreamSanity(decision, camera.fps)
         self.stats = DoorStats()
         self.attempt: Attempt | None = None

@@ -92,6 +92,18 @@ def _drift(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _collect(args: argparse.Namespace, settings: Settings) -> int:
+    """Frames of clips as an auto-labelled activity-gate dataset (tools/collect.py)."""
+    from .pipeline.engine import FaceEngine
+    from .recognizer import resolve_bundle
+    from .tools.collect import collect_videos
+
+    engine = FaceEngine(resolve_bundle(settings.model, settings.data_dir), settings.model, settings.quality)
+    counts = collect_videos(args.videos, args.out, engine, settings.gate, settings.quality, args.fps, args.every)
+    print(json.dumps(counts, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in counts.items()))
+    return 0
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     """`facelock worker`: answer the doors' remote verification requests (remote/worker.py)."""
     client_id = args.client_id or f"facelock-worker-{socket.gethostname()}-{os.getpid()}".replace(".", "-")
@@ -129,6 +141,13 @@ def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
     p.add_argument("--fps", type=float, default=10.0, help="frame rate of an image sequence (0 to 60; default 10)")
     add_audit_commands(sub)
     _add_liveness_commands(sub)
+    p = sub.add_parser("collect", help="record clips' frames as an auto-labelled activity-gate dataset")
+    p.add_argument("videos", nargs="+", type=Path, help="video files (or a camera's recording), one session each")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder (<label>/<session>_<frame>.png)")
+    p.add_argument("--fps", type=float, default=5.0, help="frame rate of the clips (the motion gate's clock)")
+    p.add_argument("--every", type=int, default=1, help="keep every N-th frame (the gate still sees all)")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    command("collect")(_collect)
     p = sub.add_parser("drift", help="has a camera drifted from its reference (light, focus, aim, scores)? PSI per statistic")
     p.add_argument("--door", help="only this door")
     p.add_argument("--by-condition", action="store_true", help="decisions by brightness and face-size band instead")

@@ -135,6 +135,21 @@ class GateSettings(Section):
         0.6, gt=0.0, le=1.0, description="Changed fraction of the frame above which the change is lighting, not motion."
     )
     hold_s: float = Field(1.0, ge=0.0, le=60.0, description="Seconds the gate stays open after the last motion.")
+    kind: Literal["motion", "ml", "both"] = Field(
+        "motion",
+        description="Which gate decides that a frame is worth a face search: motion (pixel change), ml (a tiny "
+        "network that tells a person at the door, `training/activity_gate.py`), or both (the network judges only "
+        "frames the motion gate passed). docs/BENCHMARKS.md compares them.",
+    )
+    ml_model: Path | None = Field(
+        None, description="Folder of the exported activity-gate bundle (manifest.json + ONNX) for kind ml or both."
+    )
+
+    @model_validator(mode="after")
+    def _ml_needs_model(self) -> GateSettings:
+        if self.kind != "motion" and self.ml_model is None:
+            raise ValueError(f"kind {self.kind} needs ml_model (an exported activity-gate bundle)")
+        return self
 
 
 class CameraSettings(Section):

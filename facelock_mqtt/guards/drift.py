@@ -141,9 +141,9 @@ class Tracker:
         n_ref, n_recent = float(self.reference.sum()), self.recent_n
         verdict = {
             "psi": None, "drifted": False, "level": "learning", "noise": None,
-            "reference_samples": int(n_ref), "recent_samples": round(n_recent, 1),
-            "reference_mean": round(self.reference_sum / n_ref, 4) if n_ref else None,
-            "recent_mean": round(self.recent_sum / self.recent.sum(), 4) if self.recent.sum() else None,
+            "reference_samples": int(n_ref), "recent_samples": round(float(n_recent), 1),
+            "reference_mean": round(float(self.reference_sum / n_ref), 4) if n_ref else None,
+            "recent_mean": round(float(self.recent_sum / self.recent.sum()), 4) if self.recent.sum() else None,
         }  # fmt: skip
         if not self.frozen or n_recent < settings.min_samples:
             return verdict  # no reference yet, or too few recent observations to say anything
@@ -151,7 +151,7 @@ class Tracker:
         noise = float((len(self.reference) - 1) * (1.0 / n_ref + 1.0 / n_recent))
         excess = value - noise
         level = "act" if excess > settings.psi_act else "watch" if excess > settings.psi_watch else "stable"
-        verdict.update(psi=round(value, 4), noise=round(noise, 4), level=level, drifted=level == "act")
+        verdict.update(psi=round(value, 4), noise=round(noise, 4), level=level, drifted=bool(level == "act"))
         return verdict
 
     def to_json(self) -> dict:

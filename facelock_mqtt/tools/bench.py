@@ -232,6 +232,10 @@ def machine() -> dict:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.gates:  # the gate comparison only (tools/bench_gates.py, docs/BENCHMARKS.md)
+        from .bench_gates import print_gate_bench
+
+        return print_gate_bench(settings, args.data or default_data(), args.gates, args.smoke, args.json)
     sections = args.sections.split(",") if args.sections else list(SECTIONS)
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -259,4 +263,5 @@ def add_bench_command(sub: argparse._SubParsersAction, command: Callable) -> Non
     p.add_argument(
         "--profile", type=Path, metavar="DIR", help="cProfile each section; top functions to DIR/<section>.txt"
     )
+    p.add_argument("--gates", type=Path, metavar="BUNDLE", help="only compare the motion, ml and both gates (an activity-gate bundle)")
     command("bench")(_bench)
