@@ -8,7 +8,7 @@ order (the decoder's references stay intact, so no frame is smeared), the newest
 once and every frame is decoded again. This is done only for streams whose keyframes come at
 most MAX_KEYFRAME_GAP_S apart (measured on the stream): a camera with a long GOP is decoded in
 full, as before. The first decision can come up to one keyframe interval later than with full
-decoding; DOCS.md tells users to set their camera's I-frame interval to 1 s.
+decoding, which is why it is off unless the camera's `idle_keyframes` is set.
 """
 
 from __future__ import annotations
@@ -100,8 +100,9 @@ class AVSource(OpenCVSource):
         self.keyframe_gap_s: float | None = None
 
     def set_idle(self, idle: bool) -> None:
-        """The door's state after each frame: idle = gate closed and no attempt under way."""
-        if idle and self.realtime:  # replay delivers every frame
+        """The door's state after each frame: idle = gate closed and no attempt under way; acted
+        on only when the camera's `idle_keyframes` is set."""
+        if idle and self.realtime and self.camera.idle_keyframes:  # replay delivers every frame
             self._idle.set()
         else:
             self._idle.clear()

@@ -86,7 +86,7 @@ def test_a_long_gop_is_decoded_in_full_even_when_idle(tmp_path: Path) -> None:
 
 def test_live_file_cameras_use_pyav_and_an_idle_door_gets_keyframes(tmp_path: Path) -> None:
     clip = write_h264(tmp_path / "live.mp4", frames=40, gop=FPS)  # 8 s at 5 fps
-    camera = CameraSettings(name="door", url=str(clip), fps=FPS)
+    camera = CameraSettings(name="door", url=str(clip), fps=FPS, idle_keyframes=True)
     assert isinstance(open_source(camera, realtime=False), OpenCVSource)  # replay: every frame, as before
     source = open_source(camera)
     assert type(source).__name__ == "AVSource"
@@ -102,3 +102,17 @@ def test_live_file_cameras_use_pyav_and_an_idle_door_gets_keyframes(tmp_path: Pa
     assert source.keyframe_gap_s == pytest.approx(1.0)
     assert FPS + 1 + 5 <= len(seen) <= FPS + 1 + 8  # the first GOP whole, then about one frame a second
     assert stats.frames_decoded == len(seen) and stats.skipped >= 40 - len(seen) - 1
+
+
+def test_without_idle_keyframes_an_idle_door_still_gets_every_frame(tmp_path: Path) -> None:
+    clip = write_h264(tmp_path / "all.mp4", frames=15, gop=FPS)
+    source = open_source(CameraSettings(name="door", url=str(clip), fps=FPS))  # the default: off
+    seen = []
+    with source:
+        source.set_idle(True)
+        deadline = time.monotonic() + 10
+        while not source.finished and time.monotonic() < deadline:
+            got = source.latest(timeout=0.5)
+            if got is not None:
+                seen.append(got)
+    assert len(seen) >= 14 and source.stats.skipped <= 1
