@@ -27,7 +27,7 @@ def test_setup_installs_once_then_returns_at_once() -> None:
     setup = [str(ROOT / "scripts" / "setup.sh"), "test"]
     subprocess.run(setup, check=True, capture_output=True, timeout=900)  # a real install if the stamp is stale
     stamp = VENV / ".installed-test"
-    inputs = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "scripts" / "setup.sh").read_bytes()
+    inputs = b"".join((ROOT / name).read_bytes() for name in ("pyproject.toml", "addon/constraints.txt", "scripts/setup.sh"))
     assert stamp.read_text().strip() == hashlib.sha256(inputs).hexdigest()  # what and how to install
     before = installed_metadata()
     assert before, "the package is not installed in .venv"

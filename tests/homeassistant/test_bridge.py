@@ -449,7 +449,11 @@ def test_without_a_pin_remote_unlock_and_lockout_clear_are_refused_by_default(
         wait_until(lambda: relays["front_door"].calls.count("lock") == 2, what="LOCK accepted")
         assert "unlock" not in relays["front_door"].calls and bridge.locks["front_door"].state is LockState.LOCKED
         assert requests == ["no_pin_set"] and [r[2] for r in refused] == ["no_pin_set"] * 4
-        events = [json.loads(m.payload) for m in watcher.messages if m.topic == TOPICS.event("front_door")]
+        def refusal_events() -> list[dict]:
+            return [json.loads(m.payload) for m in watcher.messages if m.topic == TOPICS.event("front_door")]
+
+        wait_until(lambda: len(refusal_events()) == 4, 30, what="four refusal events at the watcher")
+        events = refusal_events()
         assert [e["event_type"] for e in events] == ["remote_refused"] * 4
         assert "allow_remote_without_pin: true" in events[0]["reason"] and "lock.pin" in events[0]["reason"]
     finally:
