@@ -224,7 +224,7 @@ def model_card(r: dict) -> str:
 def run(data: Path, out: Path, cfg: ActivityConfig) -> dict:
     print(f"activity gate: {cfg.model_dump_json()}", flush=True)  # every setting, at start
     images, person, label, session = load(data)
-    mapping = assign(sorted(set(session)), cfg.ratios, cfg.seed)  # sessions, never frames, per split
+    mapping = assign(sorted({str(s) for s in session}), cfg.ratios, cfg.seed)  # sessions, never frames, per split
     split = np.asarray([mapping[s] for s in session])
     overfit = overfit_check(images[split == "train"], person[split == "train"], cfg)
     start = time.process_time()
