@@ -48,12 +48,14 @@ def test_a_genuine_face_during_an_outage_is_denied_and_reported_late(settings, s
         assert any(r.details["reason"] == BROKER_UNAVAILABLE for r in audited)
 
         mosquitto.start()
-        ha = Collector(mosquitto.host, mosquitto.port, ["facelock/front/#"])
+        ha = Collector(mosquitto.host, mosquitto.port, ["facelock/front/#", "homeassistant/lock/#"])
         try:
             wait_until(lambda: service.bridge.connected, 30, "the reconnect")
             sent = lambda: [json.loads(p) for p in ha.payloads("facelock/front/event")]  # noqa: E731
             wait_until(lambda: any(e["reason"] == BROKER_UNAVAILABLE for e in sent()), 30, "the late decision")
             ha.wait_for("facelock/front/lock/state", b"LOCKED", timeout=10)  # re-announced on reconnect
+            # The restarted broker kept nothing (no persistence): a lock config now is a re-announcement.
+            wait_until(lambda: any(m.topic.endswith("/config") for m in ha.messages), 10, "discovery re-announced")
         finally:
             ha.close()
         late = [e for e in sent() if e["reason"] == BROKER_UNAVAILABLE]
