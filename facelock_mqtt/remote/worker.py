@@ -28,8 +28,18 @@ from ..settings import Settings
 from .client import topics
 from .link import Link, correlation_of, response_topic_of
 from .protocol import (
-    ANSWER, CROP_SHAPE, GALLERY, MAX_CROPS, PATCH_SHAPE, REQUEST, RemoteFailure, ReplayGuard,
-    decode_image, read_gallery, seal, unseal,
+    ANSWER,
+    CROP_SHAPE,
+    GALLERY,
+    MAX_CROPS,
+    PATCH_SHAPE,
+    REQUEST,
+    RemoteFailure,
+    ReplayGuard,
+    decode_image,
+    read_gallery,
+    seal,
+    unseal,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)

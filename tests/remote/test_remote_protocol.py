@@ -10,8 +10,17 @@ import pytest
 
 from facelock_mqtt.errors import ConfigError
 from facelock_mqtt.remote.protocol import (
-    ANSWER, CROP_SHAPE, REQUEST, RemoteFailure, ReplayGuard, decode_image, encode_image, gallery_body,
-    read_gallery, seal, unseal,
+    ANSWER,
+    CROP_SHAPE,
+    REQUEST,
+    RemoteFailure,
+    ReplayGuard,
+    decode_image,
+    encode_image,
+    gallery_body,
+    read_gallery,
+    seal,
+    unseal,
 )  # fmt: skip
 from facelock_mqtt.settings import load_settings
 

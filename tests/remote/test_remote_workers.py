@@ -257,3 +257,13 @@ def test_a_worker_holding_another_gallery_version_is_denied(enrolled, tmp_path, 
 
 def _worker_saw(worker: WorkerProcess, digest: str) -> bool:
     return f"gallery {digest[:12]}" in worker.log.read_text()
+
+
+def test_auto_mode_verifies_locally_when_no_worker_answers(enrolled, tmp_path, mosquitto):
+    settings, _, clip = enrolled
+    settings = load_settings(**{**settings().model_dump(), "verify": {"mode": "auto", "secret": SECRET, "deadline_s": 0.5}})
+    events, relay, service = run_clip(settings, clip)
+    recognized = [e for e in events if e["event_type"] == "recognized"]
+    assert recognized and recognized[0]["person"] == PERSON, events
+    assert "unlock" in relay.calls
+    assert service.remote.client.stats["no_answer"] >= 1  # it did ask the workers first
