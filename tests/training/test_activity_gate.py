@@ -79,3 +79,18 @@ def test_a_tampered_bundle_is_refused(chain, tmp_path):
     model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
     with pytest.raises(BundleError, match="SHA-256"):
         ActivityModel(copy)
+
+
+def test_a_refused_gate_cannot_be_served(chain, tmp_path):
+    from training.activity_gate import ActivityConfig, acceptance
+
+    root, _, report = chain
+    strict = ActivityConfig(min_test_recall=1.01)  # no gate can pass this: the refusal path
+    assert acceptance(report["metrics"]["test"], report["params"], report["ms_per_frame"], strict)
+    copy = tmp_path / "refused"
+    copy.mkdir()
+    for path in (root / "bundle").iterdir():
+        name = "manifest.refused.json" if path.name == "manifest.json" else path.name
+        (copy / name).write_bytes(path.read_bytes())
+    with pytest.raises(BundleError, match="manifest.json"):
+        ActivityModel(copy)
