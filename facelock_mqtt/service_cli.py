@@ -81,6 +81,8 @@ def _drift(args: argparse.Namespace, settings: Settings) -> int:
     """Each door's drift statistics (guards/drift.py) as the running service last saved them."""
     from .guards.drift import error_analysis, format_conditions, format_report, saved_monitors
 
+    if args.write_reference:
+        return _write_drift_reference(args.write_reference, settings)
     monitors = {d: m for d, m in saved_monitors(settings.data_dir, settings.drift).items() if args.door in (None, d)}
     if args.by_condition:
         result = {door: error_analysis(m.conditions) for door, m in monitors.items()}
@@ -119,6 +121,21 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _write_drift_reference(data: Path, settings: Settings) -> int:
+    """The shipped model-card reference of the drift monitor, from the NUAA live webcam frames."""
+    from .guards.drift import REFERENCE_FILE, reference_from_faces
+    from .pipeline.engine import FaceEngine
+    from .pipeline.imageio import read_image
+    from .recognizer import resolve_bundle
+
+    engine = FaceEngine(resolve_bundle(settings.model, settings.data_dir), settings.model, settings.quality)
+    results = [engine.analyze(read_image(p)) for p in sorted((data / "nuaa" / "live").glob("*/*.jpg"))]
+    reference = reference_from_faces([r for r in results if r is not None], "NUAA live webcam frames (model card data)")
+    REFERENCE_FILE.write_text(json.dumps(reference, indent=1) + "\n")
+    print(f"{REFERENCE_FILE}: {reference['faces']} faces")
+    return 0
+
+
 def _add_liveness_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("liveness", help="install the liveness (anti-spoofing) models")
     verbs = p.add_subparsers(dest="liveness_command", required=True)
@@ -152,6 +169,7 @@ def add_commands(sub: argparse._SubParsersAction, command: Callable) -> None:
     p.add_argument("--door", help="only this door")
     p.add_argument("--by-condition", action="store_true", help="decisions by brightness and face-size band instead")
     p.add_argument("--json", action="store_true", help="JSON: {door: {statistic: {psi, drifted, ...}}}")
+    p.add_argument("--write-reference", type=Path, metavar="DATA", help=argparse.SUPPRESS)  # ships the model-card reference
     command("drift")(_drift)
     command("run")(_run)
     p = sub.add_parser("worker", help="answer the doors' remote verification requests over MQTT 5 (docs/REMOTE.md)")

@@ -39,6 +39,7 @@ FORMAT_VERSION = 1
 FILE_PATTERN = "drift-{door}.json"
 EPSILON = 1e-4  # proportion floor of an empty bin (PSI takes the log of the ratio)
 SAVE_EVERY_S = 60.0
+REFERENCE_FILE = Path(__file__).resolve().parent.parent / "models" / "drift_reference.json"
 INF = float("inf")
 
 
@@ -137,18 +138,26 @@ class Tracker:
         total = self.recent.sum()
         return total * total / self.recent_sq if self.recent_sq else 0.0
 
-    def judge(self, settings: DriftSettings) -> dict:
-        n_ref, n_recent = float(self.reference.sum()), self.recent_n
+    def judge(self, settings: DriftSettings, shipped: tuple[np.ndarray, float] | None = None) -> dict:
+        """The recent window against the camera's reference once complete; before that against
+        `shipped` (counts, sum of values: the model card's data) when there is one."""
+        if self.frozen:
+            reference, reference_sum, source = self.reference, self.reference_sum, "camera"
+        elif shipped is not None:
+            (reference, reference_sum), source = shipped, "model card"
+        else:
+            reference, reference_sum, source = self.reference, self.reference_sum, None
+        n_ref, n_recent = float(reference.sum()), self.recent_n
         verdict = {
-            "psi": None, "drifted": False, "level": "learning", "noise": None,
+            "psi": None, "drifted": False, "level": "learning", "noise": None, "reference": source,
             "reference_samples": int(n_ref), "recent_samples": round(float(n_recent), 1),
-            "reference_mean": round(float(self.reference_sum / n_ref), 4) if n_ref else None,
+            "reference_mean": round(float(reference_sum / n_ref), 4) if n_ref else None,
             "recent_mean": round(float(self.recent_sum / self.recent.sum()), 4) if self.recent.sum() else None,
         }  # fmt: skip
-        if not self.frozen or n_recent < settings.min_samples:
+        if source is None or n_recent < settings.min_samples:
             return verdict  # no reference yet, or too few recent observations to say anything
-        value = psi(self.reference, self.recent)
-        noise = float((len(self.reference) - 1) * (1.0 / n_ref + 1.0 / n_recent))
+        value = psi(reference, self.recent)
+        noise = float((len(reference) - 1) * (1.0 / n_ref + 1.0 / n_recent))
         excess = value - noise
         level = "act" if excess > settings.psi_act else "watch" if excess > settings.psi_watch else "stable"
         verdict.update(psi=round(value, 4), noise=round(noise, 4), level=level, drifted=bool(level == "act"))
@@ -172,6 +181,28 @@ class Tracker:
         self.first_seen = None if data["first_seen"] is None else float(data["first_seen"])
 
 
+def shipped_reference() -> dict[str, tuple[np.ndarray, float]]:
+    """The model card's data (REFERENCE_FILE, NUAA live webcam faces through this pipeline) per
+    statistic as (counts, sum of values); {} when the file is missing or does not fit the bins."""
+    try:
+        data = json.loads(REFERENCE_FILE.read_text())["statistics"]
+        shipped = {key: (np.asarray(v["counts"], float), float(v["sum"])) for key, v in data.items() if key in STATISTICS}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("drift: no model-card reference (%s)", exc)
+        return {}
+    return {key: v for key, v in shipped.items() if v[0].shape == (len(STATISTICS[key].edges) - 1,)}
+
+
+def reference_from_faces(results: list, source: str) -> dict:
+    """REFERENCE_FILE's content from `FaceResult`s (`facelock drift --write-reference`)."""
+    monitor = DriftMonitor("reference", DriftSettings(reference_samples=10**5, reference_days=0.0), shipped=False)
+    for result in results:
+        monitor.observe_face(result)
+    statistics = {key: {"counts": t.reference.tolist(), "sum": t.reference_sum}
+                  for key, t in monitor.trackers.items() if t.reference.sum()}  # fmt: skip
+    return {"source": source, "faces": len(results), "statistics": statistics}
+
+
 def _band(bands: tuple, value: float) -> str:
     return next(label for low, high, label in bands if low <= value < high)
 
@@ -179,8 +210,9 @@ def _band(bands: tuple, value: float) -> str:
 class DriftMonitor:
     """One door's drift statistics. Fed by the door thread; read and saved by the same thread."""
 
-    def __init__(self, door: str, settings: DriftSettings, path: Path | None = None) -> None:
+    def __init__(self, door: str, settings: DriftSettings, path: Path | None = None, shipped: bool = True) -> None:
         self.door = door
+        self.shipped = shipped_reference() if shipped else {}
         self.settings = settings
         self.path = path
         self.trackers = {key: Tracker(stat) for key, stat in STATISTICS.items()}
@@ -230,7 +262,7 @@ class DriftMonitor:
 
     def report(self) -> dict[str, dict]:
         """{statistic: {"psi": float | None, "drifted": bool, "level", ...}} (None: still learning)."""
-        return {key: {"label": t.stat.label, **t.judge(self.settings)} for key, t in self.trackers.items()}
+        return {key: {"label": t.stat.label, **t.judge(self.settings, self.shipped.get(key))} for key, t in self.trackers.items()}
 
     def score(self, report: dict[str, dict] | None = None) -> float | None:
         """The door's drift score: the largest PSI above its noise, None while nothing is judged."""
@@ -239,13 +271,15 @@ class DriftMonitor:
         return max(excess) if excess else None
 
     def problems(self, report: dict[str, dict] | None = None) -> list[str]:
-        """One reason per drifted statistic, for the door's `problem` sensor."""
+        """One reason per statistic drifted from the camera's own reference, for the door's
+        `problem` sensor. A camera unlike the model card's data is reported by `facelock drift`
+        (and the drift score) but raises no problem: most cameras differ from it somewhat."""
         report = report or self.report()
         return [
             f"drift: {v['label']} changed from this camera's reference (PSI {v['psi']:.2f}, mean "
             f"{v['reference_mean']:.3g} -> {v['recent_mean']:.3g}); {STATISTICS[key].advice}"
             for key, v in report.items()
-            if v["drifted"]
+            if v["drifted"] and v["reference"] == "camera"
         ]
 
     # --- persistence ---

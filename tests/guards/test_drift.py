@@ -45,8 +45,8 @@ def blur(image: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), 3.0)
 
 
-def learned(engine: FaceEngine, reference: list[np.ndarray], path=None) -> DriftMonitor:
-    monitor = DriftMonitor("front", SETTINGS, path)
+def learned(engine: FaceEngine, reference: list[np.ndarray], path=None, shipped: bool = True) -> DriftMonitor:
+    monitor = DriftMonitor("front", SETTINGS, path, shipped)
     for result in faces(engine, reference):
         monitor.observe_face(result)
     return monitor
@@ -62,11 +62,21 @@ def test_psi_is_zero_for_one_distribution_and_large_for_a_shift():
     assert psi(same, same[::-1]) > 0.5
 
 
-def test_nothing_is_judged_before_the_reference_is_complete(engine, frames):
-    monitor = learned(engine, frames[:40])
+def test_nothing_is_judged_before_the_reference_is_complete_without_a_model_card(engine, frames):
+    monitor = learned(engine, frames[:40], shipped=False)
     report = monitor.report()
     assert report["brightness"]["psi"] is None and report["brightness"]["level"] == "learning"
     assert monitor.score() is None and monitor.problems() == []
+
+
+def test_until_then_the_model_cards_data_is_the_reference_and_raises_no_problem(engine, frames):
+    monitor = learned(engine, [darken(f) for f in frames[:40]])  # a dark camera from the first day
+    report = monitor.report()
+    assert report["brightness"]["reference"] == "model card" and report["brightness"]["drifted"], report
+    assert report["face_size"]["reference"] == "model card" and not report["face_size"]["drifted"]
+    assert monitor.score() > SETTINGS.psi_act
+    assert monitor.problems() == []  # most cameras differ from it: `facelock drift` says so, the sensor does not
+    assert "unlock_score" not in monitor.shipped and report["unlock_score"]["level"] == "learning"
 
 
 def test_more_frames_of_the_same_camera_do_not_drift(engine, frames):
@@ -74,7 +84,7 @@ def test_more_frames_of_the_same_camera_do_not_drift(engine, frames):
     for result in faces(engine, frames[80:]):
         monitor.observe_face(result)
     report = monitor.report()
-    assert report["brightness"]["psi"] is not None, report  # judged, not still learning
+    assert report["brightness"]["reference"] == "camera", report  # judged against the camera's own first faces
     assert drifted(monitor) == set(), report
     assert monitor.problems() == []
 
@@ -116,7 +126,8 @@ def test_a_damaged_state_file_starts_a_new_reference(tmp_path):
     path = tmp_path / "drift-front.json"
     path.write_text(json.dumps({"format_version": 1, "statistics": {"brightness": {"reference": [1, 2]}}}))
     monitor = DriftMonitor("front", SETTINGS, path)
-    assert all(v["reference_samples"] == 0 for v in monitor.report().values())
+    assert all(not t.reference.any() and not t.frozen for t in monitor.trackers.values())
+    assert {v["reference"] for v in monitor.report().values()} <= {"model card", None}
 
 
 def test_decisions_feed_scores_and_the_error_analysis_by_condition(engine, frames):
