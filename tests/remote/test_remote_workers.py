@@ -267,3 +267,20 @@ def test_auto_mode_verifies_locally_when_no_worker_answers(enrolled, tmp_path, m
     assert recognized and recognized[0]["person"] == PERSON, events
     assert "unlock" in relay.calls
     assert service.remote.client.stats["no_answer"] >= 1  # it did ask the workers first
+
+
+def test_a_printed_photo_is_refused_by_the_liveness_the_workers_score(enrolled, tmp_path, mosquitto, shared_data, liveness_models):
+    from test_spoof_e2e import ATTACK_FPS, print_attack_frames
+
+    settings, bundle, _ = enrolled
+    settings = settings(liveness_models)
+    clip = write_clip(print_attack_frames(shared_data, PERSON), tmp_path / "print.avi", fps=ATTACK_FPS)
+    workers = start_workers(["w1", "w2"], tmp_path, mosquitto, bundle, liveness_models)
+    try:
+        events, relay, _ = run_clip(settings, clip)
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert events and {e["event_type"] for e in events} <= {"spoof_suspected", "denied"}, events
+    assert any(e["event_type"] == "spoof_suspected" and e["candidate"] == PERSON for e in events), events
+    assert "unlock" not in relay.calls
