@@ -397,8 +397,9 @@ def open_source(camera: CameraSettings, *, realtime: bool = True) -> FrameSource
         return MqttSnapshotSource(camera)
     from . import av_source  # imports this module
 
-    # Streams and files played live: PyAV, which decodes only keyframes while the door is idle.
-    if realtime and not _DEVICE.match(camera.url or "") and av_source.available():
+    # Streams and files played live with idle_keyframes: PyAV, which then decodes only keyframes
+    # while the door is idle. Everything else keeps OpenCV's reader.
+    if camera.idle_keyframes and realtime and not _DEVICE.match(camera.url or "") and av_source.available():
         return av_source.AVSource(camera, realtime=realtime)
     return OpenCVSource(camera, realtime=realtime)
 
