@@ -203,8 +203,9 @@ class Service:
 
     def start_cameras(self) -> None:
         if self.remote is not None and not self.remote.client.link.connected.is_set():
-            self.remote.client.start()  # BrokerUnavailable at start rather than a denial at the door
-            self.remote.publish_gallery(self.recognizer.matcher)
+            self.remote.client.start(required=False)  # while the broker is away the doors deny
+            if self.remote.client.link.connected.is_set():
+                self.remote.publish_gallery(self.recognizer.matcher)  # the workers have it before a door asks
         for door in self.doors.values():
             # Fresh values at every start: the broker still holds the previous process's (retained).
             idle = {"fps": 0.0, "gate_pass_rate": UNKNOWN, "cpu": UNKNOWN, "decision_latency": UNKNOWN}

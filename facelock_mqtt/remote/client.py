@@ -58,10 +58,15 @@ class RemoteVerifier:
         self._lock = threading.Lock()
         self._replay = ReplayGuard(verify.max_age_s)
         self._gallery: str | None = None  # digest of the gallery last published
-        self.link = Link(mqtt, client_id, {self.topics["answer"]: self._on_answer})
+        self.link = Link(mqtt, client_id, {self.topics["answer"]: self._on_answer}, on_connected=self._forget_gallery)
 
-    def start(self, timeout: float = 10.0) -> None:
-        self.link.start(timeout)
+    def start(self, timeout: float = 10.0, required: bool = True) -> None:
+        self.link.start(timeout, required)
+
+    def _forget_gallery(self) -> None:
+        # After a reconnect the broker may have restarted and lost the retained gallery: the
+        # next request publishes it again, before the request itself.
+        self._gallery = None
 
     def stop(self) -> None:
         self.link.stop()
@@ -70,9 +75,16 @@ class RemoteVerifier:
         """Publish the gallery (retained, signed) when it changed; returns its digest."""
         body = gallery_body(fingerprint, people, templates)
         if body["digest"] != self._gallery:
+            if not self.link.connected.is_set():
+                raise NoAnswer(f"no worker answered: the broker {self.link.address} is not connected")
             payload = seal(self.secret, GALLERY, body["digest"], body)
             info = self.link.publish(self.topics["gallery"], payload, retain=True)
-            info.wait_for_publish(GALLERY_ACK_S)  # the broker holds it before a request needs it
+            try:
+                info.wait_for_publish(GALLERY_ACK_S)  # the broker holds it before a request needs it
+            except (RuntimeError, ValueError) as exc:  # disconnected meanwhile
+                raise NoAnswer(f"no worker answered: the gallery could not be published ({exc})") from exc
+            if not info.is_published():
+                raise NoAnswer(f"no worker answered: the broker did not take the gallery within {GALLERY_ACK_S:g} s")
             self._gallery = body["digest"]
             log.info("remote verification: gallery %s… published (%d templates)", body["digest"][:12], len(people))
         return body["digest"]

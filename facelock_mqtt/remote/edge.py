@@ -153,7 +153,9 @@ def _patches(image: np.ndarray, result: FaceResult) -> list[str] | None:
 
 def _scores(row: object, templates: int) -> np.ndarray:
     if not isinstance(row, list) or len(row) != templates:
-        raise RemoteFailure(f"the answer scores {len(row) if isinstance(row, list) else '?'} templates, {templates} expected")
+        raise RemoteFailure(
+            f"the answer scores {len(row) if isinstance(row, list) else '?'} templates, {templates} expected"
+        )
     if not all(isinstance(v, int | float) and math.isfinite(v) and -1.001 <= v <= 1.001 for v in row):
         raise RemoteFailure("the answer holds a score that is not a cosine")
     return np.asarray(row, np.float32)

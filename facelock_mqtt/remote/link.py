@@ -30,8 +30,9 @@ Handler = Callable[[paho.MQTTMessage], None]
 
 class Link:
     def __init__(
-        self, settings: MqttSettings, client_id: str, subscriptions: dict[str, Handler], receive_maximum: int | None = None
-    ) -> None:
+        self, settings: MqttSettings, client_id: str, subscriptions: dict[str, Handler],
+        receive_maximum: int | None = None, on_connected: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         if settings.host is None:
             raise ConfigError("mqtt.host: remote verification needs a broker (set mqtt.host)")
         self.settings = settings
@@ -39,6 +40,8 @@ class Link:
         self.subscriptions = subscriptions  # topic filter -> handler; the first matching filter wins
         self.connected = threading.Event()
         self.failure: str | None = None
+        self._on_connected = on_connected  # after every (re)connect, once subscribed
+        self._started = False
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password is not None else None
@@ -54,16 +57,24 @@ class Link:
             self._connect_properties = Properties(PacketTypes.CONNECT)
             self._connect_properties.ReceiveMaximum = receive_maximum
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 10.0, required: bool = True) -> None:
+        """Connect; when the broker does not answer in `timeout`, raise BrokerUnavailable, or
+        (not `required`) log it and keep trying in the background."""
+        if self._started:
+            return
+        self._started = True
         self._client.connect_async(
             self.settings.host, self.settings.port, self.settings.keepalive, clean_start=True,
             properties=self._connect_properties,
         )  # fmt: skip
         self._client.loop_start()
         if not self.connected.wait(timeout):
-            self.stop()
-            why = self.failure or "no answer"
-            raise BrokerUnavailable(f"remote verification: cannot reach MQTT 5 broker {self.address}: {why}")
+            why = f"remote verification: cannot reach MQTT 5 broker {self.address}: {self.failure or 'no answer'}"
+            if required:
+                self.stop()
+                self._started = False
+                raise BrokerUnavailable(why)
+            log.error("%s; doors deny until it answers (still trying)", why)
 
     def publish(
         self, topic: str, payload: bytes, retain: bool = False, expiry_s: float | None = None,
@@ -92,6 +103,8 @@ class Link:
         for topic_filter in self.subscriptions:
             client.subscribe(topic_filter, qos=1)
         self.connected.set()
+        if self._on_connected is not None:
+            self._on_connected()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected.clear()

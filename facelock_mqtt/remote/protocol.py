@@ -53,7 +53,13 @@ def seal(secret: bytes, kind: str, correlation: str, body: dict, ts: float | Non
     """The signed message for `body`."""
     ts = time.time() if ts is None else ts
     return canonical(
-        {"kind": kind, "correlation": correlation, "ts": ts, "body": body, "sig": _mac(secret, kind, correlation, ts, body)}
+        {
+            "kind": kind,
+            "correlation": correlation,
+            "ts": ts,
+            "body": body,
+            "sig": _mac(secret, kind, correlation, ts, body),
+        }
     )
 
 
@@ -66,7 +72,9 @@ def unseal(secret: bytes, payload: bytes, kind: str, max_age_s: float, now: floa
     if not isinstance(message, dict) or set(message) != {"kind", "correlation", "ts", "body", "sig"}:
         raise RemoteFailure("malformed message")
     kind_in, correlation, ts, body, sig = (message[k] for k in ("kind", "correlation", "ts", "body", "sig"))
-    if not (isinstance(correlation, str) and isinstance(ts, int | float) and isinstance(body, dict) and isinstance(sig, str)):
+    if not (
+        isinstance(correlation, str) and isinstance(ts, int | float) and isinstance(body, dict) and isinstance(sig, str)
+    ):
         raise RemoteFailure("malformed message")
     if not hmac.compare_digest(sig, _mac(secret, str(kind_in), correlation, ts, body)):
         raise RemoteFailure("bad signature (forged, or another verify.secret)")
@@ -135,7 +143,9 @@ def gallery_digest(fingerprint: str, people: list[str], templates: np.ndarray) -
 
 
 def gallery_body(fingerprint: str, people: list[str], templates: np.ndarray) -> dict:
-    templates = np.asarray(templates, np.float32).reshape(len(people), -1) if len(people) else np.zeros((0, 0), np.float32)
+    templates = (
+        np.asarray(templates, np.float32).reshape(len(people), -1) if len(people) else np.zeros((0, 0), np.float32)
+    )
     return {
         "format": FORMAT,
         "fingerprint": fingerprint,

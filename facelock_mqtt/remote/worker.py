@@ -50,11 +50,15 @@ RETAINED_MAX_AGE_S = float("inf")  # a retained gallery is old by nature; its di
 class Worker:
     def __init__(self, settings: Settings, worker_id: str) -> None:
         if settings.verify.secret is None:
-            raise FaceLockError("verify.secret: a worker needs the secret the doors sign with (FACELOCK_VERIFY__SECRET)")
+            raise FaceLockError(
+                "verify.secret: a worker needs the secret the doors sign with (FACELOCK_VERIFY__SECRET)"
+            )
         self.id = worker_id
         self.secret = settings.verify.secret.get_secret_value().encode()
         self.max_age_s = settings.verify.max_age_s
-        bundle = load_bundle(settings.model.bundle) if settings.model.bundle else default_bundle(Path(settings.data_dir))
+        bundle = (
+            load_bundle(settings.model.bundle) if settings.model.bundle else default_bundle(Path(settings.data_dir))
+        )
         self.fingerprint = bundle.manifest.fingerprint
         self.embedder = Embedder(bundle, settings.model.threads)
         self.liveness: LivenessModel | None = load_liveness(
@@ -67,7 +71,10 @@ class Worker:
         self._lock = threading.Lock()
         share = f"$share/{settings.verify.group}/{self.topics['request']}"
         self.link = Link(
-            settings.mqtt, worker_id, {self.topics["gallery"]: self._on_gallery, share: self._on_request}, receive_maximum=1
+            settings.mqtt,
+            worker_id,
+            {self.topics["gallery"]: self._on_gallery, share: self._on_request},
+            receive_maximum=1,
         )
 
     def start(self, timeout: float = 10.0) -> None:
@@ -103,7 +110,11 @@ class Worker:
         except RemoteFailure as exc:
             log.warning("worker %s: request refused, not answered: %s", self.id, exc)
             return  # nothing to tell a forger
-        if reply_to is None or not reply_to.startswith(self.topics["answers"]) or correlation_of(message) != correlation:
+        if (
+            reply_to is None
+            or not reply_to.startswith(self.topics["answers"])
+            or correlation_of(message) != correlation
+        ):
             log.warning("worker %s: request without a valid response topic or correlation data: not answered", self.id)
             return
         try:

@@ -91,7 +91,10 @@ def load(attempt, doors: int, seconds: float, during=None, workers: list[subproc
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
-    door_cpu, worker_cpu = time.process_time() - door_cpu, sum(cpu_s(w.pid) for w in workers if w.poll() is None) - worker_cpu
+    door_cpu, worker_cpu = (
+        time.process_time() - door_cpu,
+        sum(cpu_s(w.pid) for w in workers if w.poll() is None) - worker_cpu,
+    )
     ok = [lat for _, lat, failure in results if failure is None]
     failed = [(t, lat, failure) for t, lat, failure in results if failure is not None]
     return {
@@ -148,7 +151,12 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         local_liveness.assess([(image, result.face) for image, result, _ in pending])
 
     local_attempt()  # warm-up: the first run of each session allocates its arenas
-    out: dict = {"edge_ms_per_frame": edge_ms, "cores": os.cpu_count(), "doors": args.doors, "local": load(local_attempt, args.doors, args.seconds)}
+    out: dict = {
+        "edge_ms_per_frame": edge_ms,
+        "cores": os.cpu_count(),
+        "doors": args.doors,
+        "local": load(local_attempt, args.doors, args.seconds),
+    }
     client = RemoteVerifier(settings.mqtt, settings.verify, "bench_door-verify")
     client.start()
     edge = EdgeVerifier(client, rec.engine, rec.fingerprint, auto=False)

@@ -105,4 +105,6 @@ def test_remote_mode_without_a_strong_secret_fails_at_start(tmp_path):
         load_settings(data_dir=tmp_path, verify={"mode": "remote"})
     with pytest.raises(ConfigError, match="at least 16"):
         load_settings(data_dir=tmp_path, verify={"mode": "auto", "secret": "short"})
-    assert load_settings(data_dir=tmp_path, verify={"mode": "remote", "secret": SECRET.decode()}).verify.mode == "remote"
+    assert (
+        load_settings(data_dir=tmp_path, verify={"mode": "remote", "secret": SECRET.decode()}).verify.mode == "remote"
+    )

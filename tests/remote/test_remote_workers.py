@@ -83,7 +83,9 @@ class WorkerProcess:
         self.proc.wait(timeout=20)
 
 
-def start_workers(names: list[str], tmp_path: Path, mosquitto, bundle: Path, liveness: Path | None) -> list[WorkerProcess]:
+def start_workers(
+    names: list[str], tmp_path: Path, mosquitto, bundle: Path, liveness: Path | None
+) -> list[WorkerProcess]:
     workers = [WorkerProcess(n, tmp_path, mosquitto, bundle, liveness) for n in names]
     for worker in workers:
         worker.wait_ready()
@@ -137,7 +139,10 @@ def test_an_enrolled_person_unlocks_through_workers_and_is_denied_when_none_is_l
         events, relay, service = run_clip(settings, clip)
     finally:
         answers.close()
-    print("\nthrough workers -> " + json.dumps([(e["event_type"], e["score"], e["liveness"], e["reason"]) for e in events]))
+    print(
+        "\nthrough workers -> "
+        + json.dumps([(e["event_type"], e["score"], e["liveness"], e["reason"]) for e in events])
+    )
     recognized = [e for e in events if e["event_type"] == "recognized"]
     assert recognized and recognized[0]["person"] == PERSON, events
     assert recognized[0]["liveness"] is not None and recognized[0]["life_motion"] is not None  # fused at the door
@@ -165,7 +170,9 @@ class Recorder:
     def __init__(self, mosquitto, filters: list[str], on_message=None) -> None:
         self.messages: list[paho.MQTTMessage] = []
         self.on_message = on_message
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"rogue-{time.monotonic_ns()}", protocol=paho.MQTTv5)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"rogue-{time.monotonic_ns()}", protocol=paho.MQTTv5
+        )
         self.client.on_message = self._on_message
         self.client.connect(mosquitto.host, mosquitto.port)
         for topic_filter in filters:
@@ -211,8 +218,12 @@ def test_forged_and_replayed_answers_never_unlock(enrolled, tmp_path, mosquitto)
         body = {"ok": True, "worker": "rogue", "bundle": json.loads(request.payload)["body"]["bundle"],
                 "gallery": json.loads(request.payload)["body"]["gallery"], "liveness": None,
                 "scores": [[1.0] * 3 for _ in rows]}  # fmt: skip
-        rogue.publish(reply_to, seal(b"the-attackers-own-secret-guess", ANSWER, correlation.decode(), body), correlation)
-        unsigned = json.dumps({"kind": ANSWER, "correlation": correlation.decode(), "ts": time.time(), "body": body, "sig": "0" * 64})
+        rogue.publish(
+            reply_to, seal(b"the-attackers-own-secret-guess", ANSWER, correlation.decode(), body), correlation
+        )
+        unsigned = json.dumps(
+            {"kind": ANSWER, "correlation": correlation.decode(), "ts": time.time(), "body": body, "sig": "0" * 64}
+        )
         rogue.publish(reply_to, unsigned.encode(), correlation)
         for payload, old in genuine:
             rogue.publish(reply_to, payload, old)
@@ -227,7 +238,9 @@ def test_forged_and_replayed_answers_never_unlock(enrolled, tmp_path, mosquitto)
     assert requests >= 1 and events, events
     assert all(e["event_type"] == "denied" and "no worker answered" in e["reason"] for e in events), events
     assert "unlock" not in relay.calls
-    assert service.remote.client.stats["refused"] >= 2 + 2 * len(genuine), service.remote.client.stats  # one round at least
+    assert service.remote.client.stats["refused"] >= 2 + 2 * len(genuine), (
+        service.remote.client.stats
+    )  # one round at least
 
 
 def test_a_worker_holding_another_gallery_version_is_denied(enrolled, tmp_path, mosquitto):
@@ -261,7 +274,9 @@ def _worker_saw(worker: WorkerProcess, digest: str) -> bool:
 
 def test_auto_mode_verifies_locally_when_no_worker_answers(enrolled, tmp_path, mosquitto):
     settings, _, clip = enrolled
-    settings = load_settings(**{**settings().model_dump(), "verify": {"mode": "auto", "secret": SECRET, "deadline_s": 0.5}})
+    settings = load_settings(
+        **{**settings().model_dump(), "verify": {"mode": "auto", "secret": SECRET, "deadline_s": 0.5}}
+    )
     events, relay, service = run_clip(settings, clip)
     recognized = [e for e in events if e["event_type"] == "recognized"]
     assert recognized and recognized[0]["person"] == PERSON, events
@@ -269,7 +284,9 @@ def test_auto_mode_verifies_locally_when_no_worker_answers(enrolled, tmp_path, m
     assert service.remote.client.stats["no_answer"] >= 1  # it did ask the workers first
 
 
-def test_a_printed_photo_is_refused_by_the_liveness_the_workers_score(enrolled, tmp_path, mosquitto, shared_data, liveness_models):
+def test_a_printed_photo_is_refused_by_the_liveness_the_workers_score(
+    enrolled, tmp_path, mosquitto, shared_data, liveness_models
+):
     from test_spoof_e2e import ATTACK_FPS, print_attack_frames
 
     settings, bundle, _ = enrolled
