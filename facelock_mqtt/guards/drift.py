@@ -345,7 +345,7 @@ def format_report(reports: dict[str, dict[str, dict]]) -> str:
             if v["psi"] is None:
                 state = f"learning ({v['reference_samples']} reference, {v['recent_samples']:.0f} recent observations)"
             else:
-                state = f"PSI {v['psi']:.3f} (noise {v['noise']:.3f}) {v['level'].upper()}"
+                state = f"PSI {v['psi']:.3f} (noise {v['noise']:.3f}) {v['level'].upper()} vs the {v['reference']}"
             means = "" if v["recent_mean"] is None else f"  mean {v['reference_mean']} -> {v['recent_mean']}"
             lines.append(f"  {key:<15} {state}{means}")
     return "\n".join(lines) if lines else "no drift state yet: the service writes it while it watches a camera"
