@@ -300,8 +300,10 @@ def load_liveness(folder: Path | None, threads: int = 1) -> LivenessModel | None
     """
     if folder is None or not (Path(folder) / MANIFEST).is_file():
         log.warning(
-            "LIVENESS DETECTION IS OFF: no exported MiniFASNet models in %s. A printed photo of an "
-            "enrolled person may unlock the door. Install them as described in docs/LIVENESS.md.",
+            # What that means for the door (denied by default, or unlocking without liveness when the
+            # user opted out) is the service's to say: it knows `liveness.required`.
+            "LIVENESS DETECTION IS OFF: no installed MiniFASNet models in %s "
+            "(`facelock liveness install`, docs/LIVENESS.md).",
             folder,
         )
         return None
