@@ -30,6 +30,7 @@ from ..recognizer import Recognizer
 from ..service import Service, replay_camera
 from ..settings import Settings, load_settings
 from ..storage.files import secure_dir
+from .bench_clips import write_clip
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,11 @@ def usable_photos(recognizer: Recognizer, frames: list[Path]) -> list[tuple[str,
     return usable
 
 
-def write_clip(frames: list[Path], target: Path, fps: float) -> Path:
+def clip_of(frames: list[Path], target: Path, fps: float) -> Path:
+    """The frames as a video file, written as the bench writes its clips (bench_clips.write_clip)."""
     images = [read_image(p) for p in frames]
     height, width = images[0].shape[:2]
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    for image in images:
-        writer.write(cv2.resize(image, (width, height)))
-    writer.release()
+    write_clip([cv2.resize(image, (width, height)) for image in images], target, fps, (width, height))
     return target
 
 
@@ -125,7 +124,7 @@ def sweep_person(person: str, kinds: dict[str, list[Path]], liveness: Path, work
     result = {"split": how}
     # The genuine visit first: the attack's failed attempts would lock the door out for it.
     for kind, frames, fps in (("genuine", visit_frames, LIVE_FPS), ("print", kinds["print"], ATTACK_FPS)):
-        events, unlocks = replay(settings, write_clip(frames, work / f"{person}-{kind}.avi", fps), fps)
+        events, unlocks = replay(settings, clip_of(frames, work / f"{person}-{kind}.mp4", fps), fps)
         result[kind] = {
             "frames": len(frames),
             "unlocks": unlocks,
