@@ -106,6 +106,8 @@ def _eval(args: argparse.Namespace, settings: Settings) -> None:
             raise FaceLockError(f"pairs file {pairs} not found")
         report = eval_lfw(engine, args.data, pairs)
         text = f"LFW 10-fold accuracy {100 * report['accuracy']:.2f} % ± {100 * report['accuracy_std']:.2f}"
+        if report["trained_identities"] is not None:
+            text += "\n" + _left_out_line(report)
     else:
         report = eval_folder(engine, args.data)
         text = f"{report['n_images']} images, {report['n_no_face']} without a face; worst slice: {report['worst_slice']}"
@@ -113,6 +115,14 @@ def _eval(args: argparse.Namespace, settings: Settings) -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{text}\n{tars}")
+
+
+def _left_out_line(report: dict) -> str:
+    """What `eval lfw` left out of a trained bundle's evaluation: it must not count its training people."""
+    t = report["trained_identities"]
+    empty = f"; no pair left in fold(s) {', '.join(str(f) for f in t['folds_left_out'])}" if t["folds_left_out"] else ""
+    return (f"left out {t['pairs_left_out']} pairs and {t['images_left_out']} images of {t['people_in_data']} people "
+            f"this bundle trained on ({t['file']}): {report['n_pairs']} pairs in {report['n_folds']} folds remain{empty}")  # fmt: skip
 
 
 @command("calibrate")

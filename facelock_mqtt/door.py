@@ -117,8 +117,9 @@ class Door:
     @property
     def idle(self) -> bool:
         """Nothing to look at: the gate held the last frame back and no attempt is open. The
-        source may then decode only keyframes (pipeline/av_source.py)."""
-        return not self.gate_passed and self.attempt is None
+        source may then decode only keyframes (pipeline/av_source.py) or only its gate sub-stream
+        (pipeline/gate_stream.py); never while the panel shows the camera (it wants the main stream)."""
+        return not self.gate_passed and self.attempt is None and not self.viewers
 
     def clock(self, frame: Frame) -> float:
         """Video position in replay (so windows mean the same as live), capture time live."""
@@ -130,7 +131,7 @@ class Door:
         self._seen = (None, None)
         try:
             self._process(frame)
-            if self.viewers:
+            if self.viewers and not frame.gate_only:  # the panel (live view, enrolment) gets main frames
                 self.live = (frame.image, *self._seen)
         except Exception as exc:
             self.stats.errors += 1
@@ -163,6 +164,8 @@ class Door:
             self._send_pending(now)
         if self.attempt is not None and self.attempt.expired(now):
             self._conclude(self.attempt.close(now))
+        if frame.gate_only:  # a gate_url sub-stream frame may wake the door, never reach a decision
+            return
         # A person standing still in front of the door stops the motion; their attempt goes on.
         if (not gated.passed and self.attempt is None) or now < self.cooldown_until:
             return

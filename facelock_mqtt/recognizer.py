@@ -83,9 +83,9 @@ class Recognizer:
             self._matcher, self._version = None, version
         if self._matcher is None:
             templates, people = self.gallery.templates(self.fingerprint)
-            threshold = self.bundle.threshold_for(self.match_settings.target_far)
+            thresholds = self.bundle.band_thresholds(self.match_settings.target_far)
             self._matcher = Matcher(
-                templates, people, threshold, self.match_settings.target_far, self.match_settings.min_margin
+                templates, people, thresholds, self.match_settings.target_far, self.match_settings.min_margin
             )
         return self._matcher
 
@@ -179,7 +179,7 @@ class Recognizer:
         result = self.engine.analyze(image, region)
         if result is None or result.embedding is None:
             return Identification(result, None)
-        return Identification(result, self.matcher.match(result.embedding))
+        return Identification(result, self.matcher.match(result.embedding, result.quality))
 
     def verify(self, first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
         """Cosine score of the two images' best faces and the threshold in force."""
@@ -286,7 +286,7 @@ class Recognizer:
             result = self.engine.analyze_faces(image, [face])
             if result is None or result.embedding is None:
                 continue
-            match = matcher.match(result.embedding)
+            match = matcher.match(result.embedding, result.quality)
             if match.accepted and match.person == name and match.score > wanted:
                 matched.append((match.score, result))
         if len(matched) < k:

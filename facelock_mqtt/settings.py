@@ -24,6 +24,7 @@ from pydantic_settings import (
 from .errors import ConfigError
 
 DEFAULT_OPTIONS_FILE = Path("/data/options.json")
+_DEVICE_URL = re.compile(r"^(/dev/video\d+|\d+)$")  # a local camera (pipeline/source.py reads it with OpenCV)
 
 
 class Section(BaseModel):
@@ -52,6 +53,14 @@ class ModelSettings(Section):
         640, ge=128, le=1920, description="Longest side, in pixels, frames are scaled to for face detection."
     )
     min_detection_score: float = Field(0.6, ge=0.1, le=0.99, description="Detector confidence below which a box is ignored.")
+    max_batch: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Most faces embedded in one run when several doors see faces at the same moment (a face "
+        "alone always goes at once); 1, the default, runs every face on its own: batching gained nothing on a "
+        "2-core CPU (docs/BENCHMARKS.md, Many doors).",
+    )
     int8_embedder: bool = Field(
         False,
         description="Serve the default bundle's face embedder as an int8 graph with its own calibration: about "
@@ -185,6 +194,14 @@ class CameraSettings(Section):
         "I-frame interval of 1 s or less): several times less CPU per idle camera, but the first decision can "
         "come up to one I-frame interval later.",
     )
+    gate_url: str | None = Field(
+        None,
+        description="A low-resolution sub-stream of the SAME camera as url (most IP cameras' second RTSP profile, "
+        "e.g. 640x360 or smaller, same aspect ratio), used only by the motion gate while nobody is at the door; url "
+        "is then only read, not decoded, until motion, when its frames since the last keyframe are decoded (at most "
+        "one frame interval later). Cuts an idle camera's decoding several-fold; needs PyAV. If it fails, url is "
+        "decoded in full, as without it.",
+    )
     max_snapshot_pixels: int = Field(
         40_000_000,
         ge=100_000,
@@ -202,6 +219,10 @@ class CameraSettings(Section):
     def _one_source(self) -> CameraSettings:
         if (self.url is None) == (self.mqtt_topic is None):
             raise ValueError(f"camera {self.name!r}: set exactly one of url and mqtt_topic")
+        if self.gate_url is not None and (self.url is None or _DEVICE_URL.match(self.url)):
+            raise ValueError(f"camera {self.name!r}: gate_url needs a stream or file url (not mqtt_topic or a device)")
+        if self.gate_url is not None and self.idle_keyframes:
+            raise ValueError(f"camera {self.name!r}: set at most one of gate_url and idle_keyframes")
         for polygon in self.mask:
             if len(polygon) < 3 or any(len(point) != 2 for point in polygon):
                 raise ValueError(f"camera {self.name!r}: each mask polygon needs at least 3 [x, y] points")

@@ -113,3 +113,17 @@ def test_an_untrusted_mqtt_camera_reports_but_never_unlocks(build):
     trusted = make(CameraSettings(name="front", mqtt_topic="frigate/front/snapshot", fps=10.0, trusted=True))
     play(trusted, frames)
     assert trusted.events[0]["event_type"] == "recognized" and "unlock" in relay.calls
+
+
+def test_a_gate_only_frame_wakes_the_door_but_never_reaches_a_decision(parts):
+    """gate_url sub-stream frames (pipeline/gate_stream.py) only feed the motion gate."""
+    door, relay, frames, _ = parts
+    empty = frames[0] // 4  # a dark, still scene first, so the enrolled face is motion
+    for i in range(10):
+        door.process(Frame(empty, ts=0.0, seq=i + 1, pts=i / 10.0, gate_only=True))
+    for i, image in enumerate(frames, start=10):
+        door.process(Frame(image, ts=0.0, seq=i + 1, pts=i / 10.0, gate_only=True))
+    assert door.gate_passed and not door.idle  # the source is told to wake up
+    assert door.stats.analysed == 0 and door.attempt is None and not door.events and "unlock" not in relay.calls
+    play(door, frames)  # the same frames from the main stream decide
+    assert "unlock" in relay.calls

@@ -81,7 +81,7 @@ def test_a_poisoned_adaptive_template_cannot_pull_in_more_of_the_impostor(rec, s
     poison = rec.engine.analyze_faces(image, [face])
     with rec._change("test: a poisoned adaptive template", PERSON):
         rec.gallery.add(PERSON, [Sample(poison.crop, poison.embedding, ADAPTIVE_SOURCE + "poison")], rec.fingerprint)
-    assert rec.matcher.match(poison.embedding).person == PERSON  # the poison makes the impostor match...
+    assert rec.matcher.match(poison.embedding, poison.quality).person == PERSON  # the poison makes the impostor match...
     update = rec.guarded_update(PERSON, impostor[1:], liveness_score=1.0, liveness_threshold=LIVE, k=K)
     assert not update.added  # ...but the originals refuse every one of their frames
     assert "original enrollment" in update.reason, update.reason

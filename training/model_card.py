@@ -1,4 +1,10 @@
-"""The model card: what a person needs to judge a trained model, in Markdown next to its plots."""
+"""The model card: what a person needs to judge a model, in Markdown (next to its plots when it has them).
+
+One format for every model: a trained checkpoint (`training evaluate`), both sides of `compare`,
+and the default bundle's card shipped in the package (`training card-default`). Optional parts
+are rendered when the metrics carry them: file digests and the calibration in the model block,
+and a "benchmarks" list (e.g. LFW 10-fold accuracy) for numbers measured outside the test split.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ def _data_section(manifest: DatasetManifest) -> list[str]:
     return lines
 
 
-def _table_section(m: dict) -> list[str]:
+def _table_section(m: dict, plots: bool) -> list[str]:
     lines = [
         "## Verification on held-out identities (test split)", "",
         f"{m['test_images']} images of {m['test_identities']} identities: {m['n_genuine']:,} genuine and "
@@ -36,8 +42,25 @@ def _table_section(m: dict) -> list[str]:
     ]  # fmt: skip
     for row in m["tar_at_far"]:
         lines.append(f"| {row['far']:.0e} | {row['threshold']:.4f} | {_fmt(row['tar'])} | {'yes' if row['supported'] else '**no**'} |")
-    lines += ["", "![ROC](roc.png) ![DET](det.png)"]
+    if plots:
+        lines += ["", "![ROC](roc.png) ![DET](det.png)"]
     return lines
+
+
+def _benchmarks_section(rows: list[dict]) -> list[str]:
+    """Rows of {"benchmark", "dataset", "result"}: numbers from outside the test split."""
+    lines = ["## Benchmarks", "", "| benchmark | dataset | result |", "|---|---|---|"]
+    return lines + [f"| {r['benchmark']} | {r['dataset']} | {r['result']} |" for r in rows]
+
+
+def _model_lines(model: dict) -> list[str]:
+    config = model.get("config") or {}
+    return [
+        f"- model: {model['source']}",
+        *([f"- model config: {', '.join(f'{k} {v}' for k, v in config.items() if v is not None)}"] if config else []),
+        *[f"- SHA-256 of the {name}: `{digest}`" for name, digest in (model.get("sha256") or {}).items()],
+        *([f"- calibration: {model['calibration']}"] if model.get("calibration") else []),
+    ]  # fmt: skip
 
 
 def _slices_section(m: dict) -> list[str]:
@@ -70,19 +93,25 @@ def _failing_section(m: dict) -> list[str]:
     return lines + [f"- **{r['slice']}: {r['value']}** — {r['why']}" for r in rows]
 
 
-def write_model_card(m: dict, manifest: DatasetManifest, path: Path, title: str) -> None:
+def write_model_card(m: dict, manifest: DatasetManifest, path: Path, title: str, plots: bool = True,
+                     note: str | None = None) -> None:  # fmt: skip
+    """The card of metrics `m` (evaluate.metrics_of, plus an optional "benchmarks" list) at `path`.
+
+    `plots=False` leaves out the ROC/DET image links (a card shipped as text has no images);
+    `note` goes under the title (e.g. the command that regenerates the card).
+    """
     model = m["model"]
-    config = model.get("config") or {}
+    benchmarks = m.get("benchmarks") or []
     lines = [
         f"# Model card: {title}", "",
+        *([note, ""] if note else []),
         f"{model['description']} Intended use: 1:N verification of enrolled residents at a door camera, after "
         "YuNet detection and 5-point alignment to 112x112. Not a liveness check: a photo of an enrolled person "
         "passes verification.", "",
-        f"- model: {model['source']}",
-        *([f"- model config: {', '.join(f'{k} {v}' for k, v in config.items() if v is not None)}"] if config else []),
-        "",
+        *_model_lines(model), "",
         *_data_section(manifest), "",
-        *_table_section(m), "",
+        *_table_section(m, plots), "",
+        *([*_benchmarks_section(benchmarks), ""] if benchmarks else []),
         *_slices_section(m), "",
         *_failing_section(m), "",
         "## Worst errors", "",

@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BundleError
+from .metrics import supports
 from .modelprep import sha256_file
 
 log = logging.getLogger(__name__)
@@ -65,12 +68,122 @@ class Threshold(_Spec):
     tar: float | None = None
 
 
+class QualityBand(_Spec):
+    """Thresholds calibrated on probes of one quality range (docs/TRAINING.md, "Quality-aware
+    thresholds"): low-resolution or blurred faces score higher against strangers, so the global
+    threshold does not hold its FAR for them.
+
+    Ranges are [min, max) of the probe's `Quality.size_px`, `Quality.blur` and the detector's
+    score; None is unbounded. Unlike the global list, `thresholds` keeps FARs its impostor
+    count cannot support: `Bundle.band_thresholds` decides what to do with them.
+    """
+
+    name: str = Field(min_length=1)
+    min_face_px: float | None = None
+    max_face_px: float | None = None
+    min_blur: float | None = None
+    max_blur: float | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    n_genuine: int = Field(ge=0)
+    n_impostor: int = Field(ge=1)
+    max_impostor_score: float = Field(ge=-1.0, le=1.0)
+    thresholds: tuple[Threshold, ...]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> QualityBand:
+        for low, high in (("min_face_px", "max_face_px"), ("min_blur", "max_blur"), ("min_score", "max_score")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo is not None and hi is not None and not lo < hi:
+                raise ValueError(f"band {self.name}: {low} ({lo}) must be below {high} ({hi})")
+        return self
+
+    def covers(self, size_px: float, blur: float, score: float | None) -> bool:
+        """Whether a probe of this quality falls in the band. An unknown detector score counts as
+        inside a score range: being in one band more can only raise the bar."""
+        return (
+            _within(size_px, self.min_face_px, self.max_face_px)
+            and _within(blur, self.min_blur, self.max_blur)
+            and (score is None or _within(score, self.min_score, self.max_score))
+        )
+
+
+def _within(value: float, low: float | None, high: float | None) -> bool:
+    return (low is None or value >= low) and (high is None or value < high)
+
+
 class Calibration(_Spec):
     dataset: str
     n_genuine: int = Field(ge=0)
     n_impostor: int = Field(ge=0)
     thresholds: tuple[Threshold, ...]
     model_card: str | None = None
+    bands: tuple[QualityBand, ...] = ()  # manifests written before quality bands load with none
+
+    @model_validator(mode="after")
+    def _unique_bands(self) -> Calibration:
+        names = [band.name for band in self.bands]
+        if len(set(names)) != len(names):
+            raise ValueError(f"quality band names must be unique, got {names}")
+        return self
+
+
+@dataclass(frozen=True)
+class BandThreshold:
+    name: str
+    band: QualityBand
+    threshold: float  # what the door applies to a probe of this band: never below the global one
+    supported: bool  # the band's impostor count supports the target FAR (rule of three)
+
+
+@dataclass(frozen=True)
+class BandThresholds:
+    """The thresholds in force at one target FAR: the global one and each band's."""
+
+    threshold: Threshold  # the global calibration's
+    bands: tuple[BandThreshold, ...] = ()
+
+    def strictest(self) -> tuple[str | None, float]:
+        """(band name, threshold) of the highest threshold; (None, global) without bands."""
+        if not self.bands:
+            return None, self.threshold.threshold
+        top = max(self.bands, key=lambda b: b.threshold)
+        return top.name, top.threshold
+
+    def for_probe(
+        self, size_px: float | None, blur: float | None, score: float | None = None
+    ) -> tuple[str | None, float]:
+        """(band name, threshold) for a probe of this quality: the highest threshold of the bands
+        that cover it (bands may overlap, e.g. small and blurred). Unknown quality, or a probe no
+        band covers, gets the strictest: doubt never lowers the bar."""
+        if not self.bands:
+            return None, self.threshold.threshold
+        if size_px is None or blur is None or not (math.isfinite(size_px) and math.isfinite(blur)):
+            return self.strictest()
+        covering = [b for b in self.bands if b.band.covers(size_px, blur, score)]
+        if not covering:
+            return self.strictest()
+        top = max(covering, key=lambda b: b.threshold)
+        return top.name, top.threshold
+
+
+def band_threshold(band: QualityBand, target_far: float, floor: float) -> BandThreshold:
+    """One band's threshold at the target FAR, never below `floor` (the global threshold).
+
+    Bands only tighten: the global threshold was certified on far more pairs, and a band
+    calibrated on degraded copies of the same faces is no reason to accept more. A band whose
+    impostors cannot support the target FAR (n_impostor * far < 3) is judged by what it did
+    measure: when its threshold there is above the global one, the bar becomes its highest
+    impostor score (no observed stranger passes it); otherwise the global threshold stands.
+    """
+    at_or_below = [t for t in band.thresholds if t.far <= target_far]
+    usable = [t for t in at_or_below if supports(t.n_impostor, t.far)]
+    if usable:
+        chosen = max(usable, key=lambda t: t.far).threshold
+        return BandThreshold(band.name, band, max(floor, chosen), True)
+    measured = max(at_or_below, key=lambda t: t.far).threshold if at_or_below else band.max_impostor_score
+    threshold = max(band.max_impostor_score, floor) if measured > floor else floor
+    return BandThreshold(band.name, band, threshold, False)
 
 
 class Manifest(_Spec):
@@ -126,6 +239,13 @@ class Bundle:
                 f"(calibrated FARs: {have}); choose a larger target FAR or recalibrate"
             )
         return max(usable, key=lambda t: t.far)
+
+    def band_thresholds(self, target_far: float) -> BandThresholds:
+        """The global threshold for the target FAR (refusing as `threshold_for` does) and each
+        quality band's threshold, which the matcher picks by the probe's quality."""
+        threshold = self.threshold_for(target_far)
+        bands = self.manifest.calibration.bands if self.manifest.calibration else ()
+        return BandThresholds(threshold, tuple(band_threshold(b, target_far, threshold.threshold) for b in bands))
 
 
 def open_session(path: Path | bytes, threads: int) -> ort.InferenceSession:

@@ -7,11 +7,16 @@ int8 (QDQ, see quantize) from the shipped activation ranges; that bundle serves 
 when its SHA-256 is the one `default_calibration_int8.json` was measured on, and otherwise the
 fp32 graph with `default_calibration.json`. A calibration applies only to the graph it was measured
 on: the manifest's `embedder.graph` says which one is served.
+
+The fp32 bundle also carries the shipped model card (default_model_card.md, written by
+`python -m training card-default`) as its model_card.md, hashed in the manifest like the models;
+the card describes the fp32 graph, so a bundle serving int8 has none.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import shutil
@@ -49,7 +54,10 @@ CALIBRATION_FILE = "default_calibration.json"
 INT8_CALIBRATION_FILE = "default_calibration_int8.json"
 FP32_GRAPH = "fp32"
 FP32_FILE = "embedder_fp32"  # the file role of the fp32 graph, kept beside the int8 one
-INT8_REFUSED = "int8_refused"  # in a bundle serving fp32: the int8 graph SHA-256 it was refused against
+INT8_REFUSED = "int8_refused"
+MODEL_CARD_FILE = "default_model_card.md"  # in this package
+MODEL_CARD = "model_card.md"  # in the bundle folder, where the panel reads it (web/api_health.py)
+MODEL_CARD_ROLE = "model_card"  # in a bundle serving fp32: the int8 graph SHA-256 it was refused against
 
 
 def source_dir() -> Path:
@@ -84,6 +92,12 @@ def shipped_calibration(graph: str = FP32_GRAPH) -> Calibration | None:
     """The calibration measured on lfw_aligned_112 for the exact SFace source file and `graph`."""
     data = _calibration_file(INT8_CALIBRATION_FILE if graph == INT8_GRAPH else CALIBRATION_FILE)
     return None if data is None else Calibration.model_validate(data["calibration"])
+
+
+def shipped_model_card() -> bytes | None:
+    """The default model card shipped in this package (None: none shipped)."""
+    card = resources.files(__package__).joinpath(MODEL_CARD_FILE)
+    return card.read_bytes() if card.is_file() else None
 
 
 def int8_graph_sha256() -> str | None:
@@ -121,6 +135,10 @@ def _build(sources: dict[str, Path], work: Path, int8: bool) -> None:
         files["embedder"] = file_entry(work, "sface_int8.onnx")
     else:
         files["embedder"] = files[FP32_FILE]
+    card = shipped_model_card()
+    if graph == FP32_GRAPH and card is not None:
+        (work / MODEL_CARD).write_bytes(card)
+        files[MODEL_CARD_ROLE] = file_entry(work, MODEL_CARD)
     manifest = Manifest(
         name=NAME,
         version=VERSION,
@@ -167,9 +185,11 @@ def _build_int8(fp32: Path, target: Path) -> bool:
 def _up_to_date(bundle: Bundle, int8: bool) -> bool:
     """Whether a cached bundle serves what this package ships: fp32, or when `int8` is asked
     for, the int8 graph when one is calibrated (unless this machine already built and refused
-    exactly that one); with the calibration of the graph it serves."""
+    exactly that one); with the calibration of the graph it serves and, for fp32, the shipped card."""
     graph = bundle.manifest.embedder.graph or FP32_GRAPH
     if bundle.manifest.calibration != shipped_calibration(graph):
+        return False
+    if graph == FP32_GRAPH and not _has_shipped_card(bundle):
         return False
     if not int8:
         return graph == FP32_GRAPH
@@ -178,6 +198,15 @@ def _up_to_date(bundle: Bundle, int8: bool) -> bool:
         return bundle.manifest.files[bundle.manifest.embedder.file].sha256 == expected
     refused = bundle.path / INT8_REFUSED
     return expected is None or (refused.is_file() and refused.read_text() == expected)
+
+
+def _has_shipped_card(bundle: Bundle) -> bool:
+    """Whether the bundle's model card is the shipped one (a bundle from before it was shipped has none)."""
+    card = shipped_model_card()
+    entry = bundle.manifest.files.get(MODEL_CARD_ROLE)
+    if card is None:
+        return entry is None
+    return entry is not None and entry.sha256 == hashlib.sha256(card).hexdigest()
 
 
 def fp32_view(bundle: Bundle) -> Bundle:

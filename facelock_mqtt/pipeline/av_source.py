@@ -8,7 +8,8 @@ order (the decoder's references stay intact, so no frame is smeared), the newest
 once and every frame is decoded again. This is done only for streams whose keyframes come at
 most MAX_KEYFRAME_GAP_S apart (measured on the stream): a camera with a long GOP is decoded in
 full, as before. The first decision can come up to one keyframe interval later than with full
-decoding, which is why it is off unless the camera's `idle_keyframes` is set.
+decoding, which is why it is off unless the camera's `idle_keyframes` is set. A camera with a
+low-resolution sub-stream does better with `gate_url` (gate_stream.py).
 """
 
 from __future__ import annotations

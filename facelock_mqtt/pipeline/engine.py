@@ -11,6 +11,7 @@ import numpy as np
 from ..models.bundle import Bundle
 from ..settings import ModelSettings, QualitySettings
 from .align import align_face
+from .batcher import Batcher
 from .detect import Face, load_detector
 from .embed import Embedder
 from .quality import Quality, assess, frontal_rank
@@ -32,7 +33,12 @@ class FaceEngine:
         self.bundle = bundle
         self.quality_settings = quality
         self.detector = load_detector(bundle, model.threads, model.detect_size, model.min_detection_score)
-        self.embedder = Embedder(bundle, model.threads)
+        self.embedder = Embedder(bundle, model.threads)  # a caller's own list of crops goes in chunks of 8
+        # The doors share this engine, each from its own thread. With model.max_batch > 1, faces
+        # they hand over together share one run (pipeline/batcher.py); with 1 (the default: no gain
+        # measured on 2 cores) or a graph of fixed batch 1, every door runs its own face, concurrently.
+        limit = min(model.max_batch, self.embedder.max_batch)
+        self.batcher = Batcher(self.embedder.embed, limit) if limit > 1 else None
 
     def faces(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> list[Face]:
         return self.detector.detect(image, region)
@@ -55,7 +61,11 @@ class FaceEngine:
         result = self.locate_faces(image, faces)
         if result is None or not (result.quality.ok or embed_poor):
             return result
-        return dataclasses.replace(result, embedding=self.embedder.embed([result.crop])[0])
+        return dataclasses.replace(result, embedding=self.embed_one(result.crop))
+
+    def embed_one(self, crop: np.ndarray) -> np.ndarray:
+        """One face's vector; with other doors' faces waiting, in one run with them."""
+        return self.batcher.embed(crop) if self.batcher is not None else self.embedder.embed([crop])[0]
 
     def locate(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> FaceResult | None:
         """`analyze` stopping before the embedding: what a door in remote mode does itself."""

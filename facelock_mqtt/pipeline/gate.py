@@ -100,13 +100,24 @@ class MotionGate:
     def _prepare(self, frame: np.ndarray) -> np.ndarray:
         """Downscale first (the only full-size operation), then grey and blur the small copy."""
         shape = (frame.shape[0], frame.shape[1])
-        if shape != self._shape:
+        if shape != self._shape and self._same_view(shape):
+            self._shape = shape  # the camera's gate sub-stream (or back): same gate image, background kept
+        elif shape != self._shape:
             self._resize_to(shape)
         gate_h, gate_w = self._keep.shape
         small = cv2.resize(frame, (gate_w, gate_h), interpolation=_RESIZE)
         if small.ndim == 3:
             small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         return cv2.GaussianBlur(small, _BLUR, 0)
+
+    def _same_view(self, shape: tuple[int, int]) -> bool:
+        """A frame of another size but the aspect ratio of the first (within a pixel of the gate
+        image): a camera's low-resolution gate sub-stream, scaled to the same gate image. The mask
+        stays in the pixels of the first frame size (the main stream's: pipeline/gate_stream.py)."""
+        if self._keep is None:
+            return False
+        gate_h, gate_w = self._keep.shape
+        return abs(shape[1] * gate_h / shape[0] - gate_w) < 1.0
 
     def _resize_to(self, shape: tuple[int, int]) -> None:
         """A new frame size (first frame, or the camera changed resolution): rebuild the mask."""

@@ -1,4 +1,9 @@
-"""Matching: cosine similarity of a probe against every enrolled template."""
+"""Matching: cosine similarity of a probe against every enrolled template.
+
+The threshold depends on the probe's quality band (models/bundle.py `BandThresholds`): the band
+of a comparison is the band of the PROBE, because every enrolled template passed enrollment's
+quality gate, while a door frame may be small or blurred.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..models.bundle import Threshold
+from ..models.bundle import BandThresholds, Threshold
 from .engine import FaceResult
+from .quality import Quality
 
 
 @dataclass(frozen=True)
@@ -16,9 +22,10 @@ class MatchResult:
     score: float
     second_person: str | None
     second_score: float | None
-    threshold: float
+    threshold: float  # the effective one: the probe's band threshold, never below the global one
     target_far: float
     min_margin: float
+    band: str | None = None  # the quality band whose threshold applied; None when the bundle has none
 
     @property
     def margin(self) -> float | None:
@@ -41,6 +48,7 @@ class MatchResult:
             "second_score": None if self.second_score is None else round(self.second_score, 4),
             "margin": None if self.margin is None else round(self.margin, 4),
             "threshold": round(self.threshold, 4),
+            "band": self.band,
             "target_far": self.target_far,
             "accepted": self.accepted,
         }
@@ -49,21 +57,29 @@ class MatchResult:
 class Matcher:
     """Templates held as one matrix; a probe is one matrix-vector product."""
 
-    def __init__(self, templates: np.ndarray, people: list[str], threshold: Threshold, target_far: float, min_margin: float) -> None:
+    def __init__(
+        self, templates: np.ndarray, people: list[str], thresholds: BandThresholds | Threshold, target_far: float,
+        min_margin: float,
+    ) -> None:  # fmt: skip
         self.templates = templates.astype(np.float32)
         self.people = np.asarray(people)
         self.names = sorted(set(people))
-        self.threshold = threshold
+        # A bare Threshold is a bundle without quality bands.
+        self.bands = thresholds if isinstance(thresholds, BandThresholds) else BandThresholds(thresholds)
+        self.threshold = self.bands.threshold  # the global one: enrollment checks compare gated photos
         self.target_far = target_far
         self.min_margin = min_margin
 
-    def match(self, embedding: np.ndarray) -> MatchResult:
+    def match(self, embedding: np.ndarray, quality: Quality | None) -> MatchResult:
         scores = self.templates @ embedding.astype(np.float32) if len(self.people) else np.zeros(0, np.float32)
-        return self.match_scores(scores)
+        return self.match_scores(scores, quality)
 
-    def match_scores(self, scores: np.ndarray) -> MatchResult:
+    def match_scores(self, scores: np.ndarray, quality: Quality | None) -> MatchResult:
         """The match for a probe's cosine scores against each template (in `templates` order):
-        a remote worker's scores are judged by the same rules as the door's own."""
+        a remote worker's scores are judged by the same rules as the door's own. `quality` is
+        the probe's; None (not known) applies the strictest band's threshold. No band is
+        calibrated on the detector's score (it cannot be re-measured on aligned crops), so bands
+        with a score range count as covering every probe."""
         best = {}
         if len(self.people):
             for name in self.names:
@@ -71,8 +87,12 @@ class Matcher:
         ranked = sorted(best.items(), key=lambda item: -item[1])
         person, score = ranked[0] if ranked else (None, -1.0)
         second_person, second_score = ranked[1] if len(ranked) > 1 else (None, None)
+        if quality is None:
+            band, threshold = self.bands.strictest()
+        else:
+            band, threshold = self.bands.for_probe(quality.size_px, quality.blur)
         return MatchResult(
-            person, score, second_person, second_score, self.threshold.threshold, self.target_far, self.min_margin
+            person, score, second_person, second_score, threshold, self.target_far, self.min_margin, band
         )
 
 

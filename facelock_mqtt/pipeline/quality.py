@@ -38,11 +38,20 @@ def yaw_proxy(face: Face) -> float:
     return abs(float(np.dot(nose - (left + right) / 2, axis))) / eye_distance
 
 
-def assess(face: Face, crop: np.ndarray, settings: QualitySettings) -> Quality:
-    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+def _centre(crop: np.ndarray) -> np.ndarray:
     # The central region avoids the black border a warp leaves near image edges.
-    centre = grey[16:96, 16:96]
-    size, blur = face_size(face), float(cv2.Laplacian(centre, cv2.CV_32F).var())
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)[16:96, 16:96]
+
+
+def sharpness(crop: np.ndarray) -> float:
+    """The `blur` measure of an aligned crop: the Laplacian variance of its centre (quality-band
+    calibration in training/bands.py measures its degraded crops with this same function)."""
+    return float(cv2.Laplacian(_centre(crop), cv2.CV_32F).var())
+
+
+def assess(face: Face, crop: np.ndarray, settings: QualitySettings) -> Quality:
+    centre = _centre(crop)
+    size, blur = face_size(face), sharpness(crop)
     brightness, yaw = float(centre.mean()), yaw_proxy(face)
     reasons = []
     if size < settings.min_face_px:

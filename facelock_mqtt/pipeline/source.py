@@ -42,6 +42,7 @@ class Frame:
     ts: float  # time.monotonic() when the frame was captured (or its snapshot arrived)
     seq: int  # 1, 2, ... over the source's life; a gap means frames were dropped or skipped
     pts: float | None = None  # position in a video file, seconds; None for live sources
+    gate_only: bool = False  # a frame of the camera's gate_url sub-stream: for the motion gate, never a decision
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class FrameSource(ABC):
     def _run(self) -> None:
         """Read until stopped (or, for a file, until its end)."""
 
-    def _deliver(self, image: np.ndarray, ts: float, pts: float | None = None) -> None:
+    def _deliver(self, image: np.ndarray, ts: float, pts: float | None = None, gate_only: bool = False) -> None:
         with self._cond:
             if not self.realtime:
                 self._cond.wait_for(lambda: self._slot is None or self._stopping.is_set())
@@ -142,7 +143,7 @@ class FrameSource(ABC):
                 return
             self._counts["dropped"] += self._slot is not None
             self._seq += 1
-            self._slot = Frame(image, ts, self._seq, pts)
+            self._slot = Frame(image, ts, self._seq, pts, gate_only)
             self._cond.notify_all()
 
     def _count(self, name: str) -> int:
@@ -395,11 +396,16 @@ def open_source(camera: CameraSettings, *, realtime: bool = True) -> FrameSource
     """The source a camera's settings call for (not started)."""
     if camera.mqtt_topic is not None:
         return MqttSnapshotSource(camera)
-    from . import av_source  # imports this module
+    from . import av_source, gate_stream  # import this module
 
-    # Streams and files played live with idle_keyframes: PyAV, which then decodes only keyframes
-    # while the door is idle. Everything else keeps OpenCV's reader.
-    if camera.idle_keyframes and realtime and not _DEVICE.match(camera.url or "") and av_source.available():
+    # Streams and files played live with gate_url or idle_keyframes: PyAV, which then spares the
+    # decoder while the door is idle. Everything else (replay included) keeps OpenCV's reader.
+    pyav = realtime and not _DEVICE.match(camera.url or "") and av_source.available()
+    if camera.gate_url is not None and pyav:
+        return gate_stream.GateStreamSource(camera, realtime=realtime)
+    if camera.gate_url is not None and realtime:
+        log.warning("camera %s: gate_url needs PyAV (pip install av); url is decoded in full", camera.name)
+    if camera.idle_keyframes and pyav:
         return av_source.AVSource(camera, realtime=realtime)
     return OpenCVSource(camera, realtime=realtime)
 

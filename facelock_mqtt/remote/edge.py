@@ -127,7 +127,7 @@ class EdgeVerifier:
         identifications = []
         for (image, result, _), row in zip(pending, scores, strict=True):
             probe = _scores(row, len(matcher.people))
-            identifications.append(Identification(result, matcher.match_scores(probe)))
+            identifications.append(Identification(result, matcher.match_scores(probe, result.quality)))
         if liveness is not None:
             for (image, _, _), live in zip(pending, _liveness_rows(answer, len(pending)), strict=True):
                 if live is not None:
@@ -137,7 +137,7 @@ class EdgeVerifier:
     def _local(self, pending: Sequence[Pending], matcher: Matcher) -> list[Identification]:
         embeddings = self.engine.embed_aligned([result.crop for _, result, _ in pending])
         return [
-            Identification(dataclasses.replace(result, embedding=e), matcher.match(e))
+            Identification(dataclasses.replace(result, embedding=e), matcher.match(e, result.quality))
             for (_, result, _), e in zip(pending, embeddings, strict=True)
         ]
 

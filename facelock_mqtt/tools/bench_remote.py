@@ -146,8 +146,9 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     matcher = rec.matcher
 
     def local_attempt() -> None:
-        for embedding in rec.engine.embed_aligned([r.crop for _, r, _ in pending]):
-            matcher.match(embedding)
+        crops = [r.crop for _, r, _ in pending]
+        for (_, result, _), embedding in zip(pending, rec.engine.embed_aligned(crops), strict=True):
+            matcher.match(embedding, result.quality)
         local_liveness.assess([(image, result.face) for image, result, _ in pending])
 
     local_attempt()  # warm-up: the first run of each session allocates its arenas

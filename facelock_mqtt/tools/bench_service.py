@@ -165,13 +165,16 @@ def _percentiles(values: list[float]) -> dict:
     }
 
 
-def run_child(settings: Settings, clip: Path, cameras: int, warmup_s: float, seconds: float) -> dict:
-    """Start `python -m facelock_mqtt.tools.bench_service --child` and return what it reports."""
+def run_child(
+    settings: Settings, clip: Path, cameras: int, warmup_s: float, seconds: float, gate_clip: Path | None = None
+) -> dict:
+    """Start `python -m facelock_mqtt.tools.bench_service --child` and return what it reports
+    (with `gate_clip`, each camera's gate_url: its low-resolution sub-stream)."""
     command = [
         sys.executable, "-m", "facelock_mqtt.tools.bench_service", "--child", "--data-dir", str(settings.data_dir),
         "--host", settings.mqtt.host, "--port", str(settings.mqtt.port), "--clip", str(clip),
         "--cameras", str(cameras), "--warmup", str(warmup_s), "--seconds", str(seconds),
-        "--threads", str(settings.model.threads),
+        "--threads", str(settings.model.threads), *(["--gate-clip", str(gate_clip)] if gate_clip else []),
     ]  # fmt: skip
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120 + warmup_s + seconds)
     if done.returncode != 0:
@@ -209,7 +212,8 @@ def _door_counts(service: Service) -> tuple[int, int]:
 
 
 def _child(args: argparse.Namespace) -> dict:
-    cameras = [{"name": f"door{i}", "url": str(args.clip), "fps": 5.0} for i in range(args.cameras)]
+    gate = {"gate_url": str(args.gate_clip)} if args.gate_clip else {}
+    cameras = [{"name": f"door{i}", "url": str(args.clip), "fps": 5.0, **gate} for i in range(args.cameras)]
     settings = load_settings(
         data_dir=args.data_dir,
         model={"threads": args.threads},
@@ -246,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gate-clip", type=Path, help="the clip's low-resolution sub-stream, as each camera's gate_url")
     args = parser.parse_args(argv)
     print(json.dumps(_child(args)), flush=True)
     return 0

@@ -1,13 +1,16 @@
 """Accuracy evaluation and calibration on face folders.
 
 `eval lfw`: the standard 10-fold protocol on aligned crops, plus TAR at FAR over all genuine
-and all cross-identity pairs. `eval folder`: the same all-pairs table on unaligned photos
-through detection + alignment + embedding, with per-condition slices.
+and all cross-identity pairs; on a bundle trained by `training/` (it holds
+trained_identities.json), every pair with a person it trained on is left out. `eval folder`:
+the same all-pairs table on unaligned photos through detection + alignment + embedding, with
+per-condition slices.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 import time
@@ -24,6 +27,8 @@ from ..pipeline.imageio import read_image
 
 log = logging.getLogger(__name__)
 
+# Written into a trained bundle by training/export.py: {source: [identity folder name, ...]}.
+TRAINED_IDENTITIES = "trained_identities.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".pgm", ".webp"}
 # Capture conditions that file names carry (Yale's lighting and expression tags and the like).
 CONDITIONS = (
@@ -142,23 +147,71 @@ def tar_table(genuine: np.ndarray, impostor: np.ndarray) -> dict:
     }
 
 
+def trained_people(bundle: Bundle) -> set[str] | None:
+    """The identity folder names a trained bundle saw in training, over all its sources (a name
+    of another source that LFW also uses is left out too: fewer pairs, never a flattering one);
+    None for a bundle that has no TRAINED_IDENTITIES file (the default, a pack)."""
+    path = bundle.path / TRAINED_IDENTITIES
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FaceLockError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(names, list) and all(isinstance(n, str) for n in names) for names in data.values()
+    ):
+        raise FaceLockError(f"{path}: expected {{source: [identity, ...]}}")
+    return {name for names in data.values() for name in names}
+
+
+def leave_out_trained(files: list[tuple[str, Path]], pairs: list[tuple[Path, Path]], same: np.ndarray,
+                      folds: np.ndarray, trained: set[str]) -> tuple[list, list, np.ndarray, np.ndarray, dict]:  # fmt: skip
+    """Images and pairs without the trained people, and what was left out."""
+    keep = np.array([a.parent.name not in trained and b.parent.name not in trained for a, b in pairs], bool)
+    kept_files = [(name, path) for name, path in files if name not in trained]
+    all_folds, kept_folds = np.unique(folds), np.unique(folds[keep])
+    report = {
+        "file": TRAINED_IDENTITIES,
+        "people": len(trained),
+        "people_in_data": len({name for name, _ in files} & trained),
+        "pairs_left_out": int(np.sum(~keep)),
+        "images_left_out": len(files) - len(kept_files),
+        "folds_left_out": [int(f) for f in np.setdiff1d(all_folds, kept_folds)],
+    }
+    return kept_files, [p for p, k in zip(pairs, keep, strict=True) if k], same[keep], folds[keep], report
+
+
 def eval_lfw(engine: FaceEngine, data: Path, pairs_file: Path) -> dict:
     files = image_files(data)
+    pairs, same, folds = read_pairs(pairs_file, data)
+    trained = trained_people(engine.bundle)
+    left_out = None
+    if trained is not None:
+        files, pairs, same, folds, left_out = leave_out_trained(files, pairs, same, folds, trained)
+        n_folds = len(np.unique(folds))
+        if n_folds < 2:
+            raise FaceLockError(
+                f"{left_out['pairs_left_out']} pairs of {pairs_file.name} are of people this bundle trained on "
+                f"({TRAINED_IDENTITIES}); {n_folds} fold(s) remain: cross-validation needs 2 or more"
+            )  # fmt: skip
     embedded = embed_aligned(engine, files)
     index = {path: i for i, path in enumerate(embedded.paths)}
-    pairs, same, folds = read_pairs(pairs_file, data)
     missing = [str(a if a not in index else b) for a, b in pairs if a not in index or b not in index]
     if missing:
         raise FaceLockError(f"{len(missing)} images of {pairs_file.name} are missing, e.g. {missing[0]}")
     e = embedded.embeddings
     scores = np.array([float(e[index[a]] @ e[index[b]]) for a, b in pairs])
     accuracy, std = lfw_10fold(scores, same, folds)
-    genuine, impostor = all_pairs_scores(e, embedded.labels)
+    genuine, impostor = pair_scores(embedded, data)
     return {
         "dataset": str(data),
         "bundle": engine.bundle.manifest.fingerprint,
         "accuracy": accuracy,
         "accuracy_std": std,
+        "n_pairs": len(pairs),
+        "n_folds": int(len(np.unique(folds))),
+        "trained_identities": left_out,
         **tar_table(genuine, impostor),
         "n_images": len(embedded.paths),
         "ms_per_face": 1000 * embedded.seconds / len(embedded.paths),

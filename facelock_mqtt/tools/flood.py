@@ -169,7 +169,7 @@ def matcher_for(faces: Faces, enrolled: dict[str, list[int]], bundle: Bundle, ma
     """The matcher `Recognizer.matcher` builds for this gallery: same templates, same threshold."""
     people = [label for label, rows in enrolled.items() for _ in rows]
     templates = faces.embeddings[[row for rows in enrolled.values() for row in rows]]
-    return Matcher(templates, people, bundle.threshold_for(match.target_far), match.target_far, match.min_margin)
+    return Matcher(templates, people, bundle.band_thresholds(match.target_far), match.target_far, match.min_margin)
 
 
 # --- the runs ------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def run_attempt(
     matches: list[MatchResult] = []
     times = start + np.arange(len(embeddings)) / FPS
     for t, embedding in zip(times, embeddings):
-        match = matcher.match(embedding)
+        match = matcher.match(embedding, _PASSED)
         matches.append(match)
         result = FaceResult(_ALIGNED_FACE, np.empty(0, np.uint8), _PASSED, embedding, 1)
         concluded = attempt.add(observe(Identification(result, match), float(t)))

@@ -45,7 +45,8 @@ def model_json(ctx: PanelContext) -> dict:
 
 
 def model_card_text(ctx: PanelContext) -> str | None:
-    """A trained bundle's model card (training/export.py copies it into the bundle), if any."""
+    """The bundle's model card: the default bundle's ships in the package, `training export` copies
+    a trained one's into its bundle; None for a bundle without one (an insightface pack)."""
     path = ctx.recognizer.bundle.path / MODEL_CARD
     try:
         return path.read_text(errors="replace")[:MODEL_CARD_LIMIT] if path.is_file() else None

@@ -134,13 +134,23 @@ def test_disabled_gate_passes_every_frame(scene: np.ndarray) -> None:
     assert gate.stats == GateStats(frames_seen=5, frames_passed=5, motion_events=0)
 
 
-def test_new_frame_size_relearns_background(scene: np.ndarray, visitor: np.ndarray) -> None:
+def test_new_frame_shape_relearns_background(scene: np.ndarray, visitor: np.ndarray) -> None:
     gate, camera = MotionGate(GateSettings()), Camera(scene)
     feed(gate, camera, 10)
-    half = cv2.resize(camera.frame(paste=visitor), (320, 240))
-    first = gate.update(half, camera.t)
-    assert not first.motion  # the first frame of a new size only seeds the background
-    assert not gate.update(cv2.resize(camera.frame(paste=visitor), (320, 240)), camera.t).motion
+    wide = cv2.resize(camera.frame(paste=visitor), (320, 180))  # another aspect ratio: another view
+    first = gate.update(wide, camera.t)
+    assert not first.motion  # the first frame of a new shape only seeds the background
+    assert not gate.update(cv2.resize(camera.frame(paste=visitor), (320, 180)), camera.t).motion
+
+
+def test_same_view_at_another_size_keeps_the_background(scene: np.ndarray, visitor: np.ndarray) -> None:
+    """A camera's gate sub-stream (gate_url): the same gate image, so the background carries over."""
+    gate, camera = MotionGate(GateSettings()), Camera(scene)
+    feed(gate, camera, 10)
+    assert not any(gate.update(cv2.resize(camera.frame(), (320, 240)), camera.t).motion for _ in range(5))
+    seen = gate.update(cv2.resize(camera.frame(paste=visitor), (320, 240)), camera.t)
+    assert seen.motion and seen.region[0] + seen.region[2] <= 320  # in the small frame's pixels
+    assert gate.update(camera.frame(paste=visitor), camera.t).motion  # and back at full size
 
 
 def test_grey_frames_are_accepted(scene: np.ndarray, visitor: np.ndarray) -> None:

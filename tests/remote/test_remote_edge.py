@@ -9,6 +9,7 @@ import pytest
 from facelock_mqtt.guards.liveness import load_operating_point
 from facelock_mqtt.models.bundle import Threshold
 from facelock_mqtt.pipeline.match import Matcher
+from facelock_mqtt.pipeline.quality import Quality
 from facelock_mqtt.remote.edge import EdgeVerifier, RemoteLiveness
 from facelock_mqtt.remote.protocol import RemoteFailure
 
@@ -24,6 +25,7 @@ class Face:
 class Located:
     def __init__(self, x: float = 50.0) -> None:
         self.face = Face(x)
+        self.quality = Quality(size_px=60.0, blur=100.0, brightness=120.0, yaw=0.0)
 
 
 @pytest.fixture
@@ -52,7 +54,7 @@ def test_worker_scores_are_judged_like_the_doors_own(matcher):
     probe /= np.linalg.norm(probe)
     scores = [float(v) for v in matcher.templates @ probe]
     found = edge()._read(answer([scores]), DIGEST, pending(1), matcher, None)
-    assert found[0].match == matcher.match(probe)
+    assert found[0].match == matcher.match(probe, Located().quality)
     assert found[0].match.person == "bob" and found[0].match.accepted
 
 

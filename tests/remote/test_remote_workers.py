@@ -301,3 +301,34 @@ def test_a_printed_photo_is_refused_by_the_liveness_the_workers_score(
     assert events and {e["event_type"] for e in events} <= {"spoof_suspected", "denied"}, events
     assert any(e["event_type"] == "spoof_suspected" and e["candidate"] == PERSON for e in events), events
     assert "unlock" not in relay.calls
+
+
+def test_after_a_broker_restart_the_door_publishes_its_gallery_again(enrolled, tmp_path, mosquitto):
+    """The restarted broker (no persistence) has lost the retained gallery; a worker that starts
+    only then can answer only if the door published the gallery again after its reconnect."""
+    settings, bundle, clip = enrolled
+    settings = settings()
+    workers: list[WorkerProcess] = []
+
+    def restart_broker(service: Service) -> None:
+        first = service.remote.client._gallery
+        assert first is not None  # run_clip published it before this hook
+        mosquitto.stop()
+        wait_until(lambda: not service.remote.client.link.connected.is_set(), 10, "the door to notice the outage")
+        mosquitto.start()
+        wait_until(lambda: service.remote.client.link.connected.is_set(), 30, "the door to reconnect")
+        retained = Recorder(mosquitto, ["facelock/verify/gallery"])
+        retained.close()
+        assert not retained.messages, "the restarted broker still held a gallery: the test proves nothing"
+        workers.extend(start_workers(["late"], tmp_path, mosquitto, bundle, None))
+
+    try:
+        events, relay, service = run_clip(settings, clip, before_cameras=restart_broker)
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert workers, "the broker restart hook did not run"
+    recognized = [e for e in events if e["event_type"] == "recognized"]
+    assert recognized and recognized[0]["person"] == PERSON, events
+    assert "unlock" in relay.calls
+    assert _worker_saw(workers[0], service.remote.client._gallery), workers[0].log.read_text()[-1500:]

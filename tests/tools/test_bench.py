@@ -57,10 +57,14 @@ def test_every_headline_figure_is_measured_and_printed(smoke):
 def test_door_day_visits_and_latency_trials_end_as_they_should(smoke):
     report, _ = smoke
     energy = report["sections"]["energy"]
-    for mode in ("gate", "every_frame"):
+    for mode in ("gate", "gate_substream", "every_frame"):
         outcomes = energy[mode]["outcomes"]
         assert outcomes and all(o["as_expected"] for o in outcomes), outcomes
     assert energy["visits_missed_by_gate"] == 0
+    # gate_url: the sub-stream saw every frame, the main stream was decoded only around the visit
+    sub = energy["gate_substream"]
+    assert sub["sub_frames_decoded"] == energy["frames"] > sub["frames_decoded"]
+    assert all(late <= 1 for late in sub["wake_lateness_frames"]) and sub["wake_lateness_frames"]
     assert energy["gate"]["frames_analysed"] <= energy["every_frame"]["frames_analysed"]
     for run in report["sections"]["latency"]["runs"]:
         assert run["unlocked"] == run["trials"] and run["failed"] == 0

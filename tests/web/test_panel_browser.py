@@ -184,6 +184,9 @@ def test_enroll_replay_and_report_not_me_behind_ingress(browser, running, shared
     screenshot(page, "doors")
     show(page, proxy.url, "health")
     assert "intact" in page.inner_text('[data-testid="audit"]')
+    page.click("details:has(pre.model-card) summary")  # the default bundle's model card, shipped with it
+    card = page.inner_text("pre.model-card")
+    assert card.startswith("# Model card: default bundle") and "LFW 10-fold accuracy" in card
     screenshot(page, "health")
     page.close()
     time.sleep(0.2)
