@@ -66,7 +66,11 @@ def test_round_trip(recognizer: Recognizer, deepface: Path, tmp_path: Path, bund
         found = recognizer.identify(read_image(deepface / probe))
         assert found.reason == "match" and found.match is not None
         assert found.match.person == name and found.match.accepted
-        assert found.match.threshold == bundle.threshold_for(MatchSettings().target_far).threshold
+        # The probe's quality band's threshold, which is never below the globally calibrated one.
+        thresholds = bundle.band_thresholds(MatchSettings().target_far)
+        quality = found.result.quality
+        assert (found.match.band, found.match.threshold) == thresholds.for_probe(quality.size_px, quality.blur)
+        assert found.match.threshold >= bundle.threshold_for(MatchSettings().target_far).threshold
         assert found.match.margin is not None and found.match.margin > 0.3
     recognizer.close()
 
