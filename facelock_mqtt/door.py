@@ -205,6 +205,10 @@ class Door:
         decision = self.attempt.add(observation)
         if decision is not None and not self._waits_for_life(decision):
             self._conclude(decision)
+        elif observation.usable and self.guards.liveness is not None:
+            # No decision on this frame: its liveness CNN runs now, while the next frame is awaited,
+            # rather than on the decision frame's critical path (guards/liveness.py `remember`).
+            self.guards.liveness.remember(frame.image, found.result.face.box)
 
     def _remote_frame(self, image: np.ndarray, found, now: float) -> None:
         """Remote mode: a usable face waits until enough of them can decide, then they go out

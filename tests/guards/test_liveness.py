@@ -239,3 +239,40 @@ def test_download_checks_sha256(weights: Path, web_root: tuple[Path, str], tmp_p
     assert list(fresh.iterdir()) == []
     with pytest.raises(BundleError, match="cannot download"):
         liveness.download_weights(tmp_path / "none", base_url=url + "missing/", timeout=10)
+
+
+class CountingSession:
+    """A real onnxruntime session that counts its runs."""
+
+    def __init__(self, session) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+
+def test_a_remembered_frame_is_not_scored_again_and_only_that_frame_and_box_reuse_it(
+    exported: Path, engine: FaceEngine, shared_data: Path
+) -> None:
+    model = liveness.LivenessModel.from_dir(exported)  # its own: the memo must start empty
+    counting = [(spec, CountingSession(session)) for spec, session in model.sessions]
+    model.sessions = counting
+    frames = live_session(shared_data, engine, n=3)
+    fresh = [float(model.cnn_scores(image, face.box).mean()) for image, face in frames]
+    runs = lambda: sum(s.runs for _, s in counting)  # noqa: E731
+
+    for image, face in frames[:2]:
+        model.remember(image, face.box)
+    before = runs()
+    assert [model.cnn_score(image, face.box) for image, face in frames[:2]] == fresh[:2]
+    assert runs() == before  # taken from the memo: the decision frame runs the CNN on itself only
+    assert model.cnn_score(frames[2][0], frames[2][1].box) == fresh[2] and runs() == before + len(counting)
+
+    image, face = frames[0]
+    moved = face.box + np.array([4, 0, 0, 0], dtype=face.box.dtype)
+    model.cnn_score(image, moved)  # another box on the same frame: scored afresh
+    model.cnn_score(image.copy(), face.box)  # the same pixels in another frame object: scored afresh
+    assert runs() == before + 3 * len(counting)
+    result = model.assess(frames)
+    assert result.cnn_score == pytest.approx(float(np.mean(fresh)))

@@ -66,7 +66,9 @@ def test_door_day_visits_and_latency_trials_end_as_they_should(smoke):
     assert sub["sub_frames_decoded"] == energy["frames"] > sub["frames_decoded"]
     assert all(late <= 1 for late in sub["wake_lateness_frames"]) and sub["wake_lateness_frames"]
     assert energy["gate"]["frames_analysed"] <= energy["every_frame"]["frames_analysed"]
-    for run in report["sections"]["latency"]["runs"]:
+    runs = report["sections"]["latency"]["runs"]
+    assert {run["liveness"] for run in runs} == {"off", "on"}  # the default (liveness required) is measured too
+    for run in runs:
         assert run["unlocked"] == run["trials"] and run["failed"] == 0
         assert run["unlock_ms"]["p50"] > 0
 
