@@ -54,10 +54,10 @@ CALIBRATION_FILE = "default_calibration.json"
 INT8_CALIBRATION_FILE = "default_calibration_int8.json"
 FP32_GRAPH = "fp32"
 FP32_FILE = "embedder_fp32"  # the file role of the fp32 graph, kept beside the int8 one
-INT8_REFUSED = "int8_refused"
+INT8_REFUSED = "int8_refused"  # in a bundle serving fp32: the int8 graph SHA-256 it was refused against
 MODEL_CARD_FILE = "default_model_card.md"  # in this package
 MODEL_CARD = "model_card.md"  # in the bundle folder, where the panel reads it (web/api_health.py)
-MODEL_CARD_ROLE = "model_card"  # in a bundle serving fp32: the int8 graph SHA-256 it was refused against
+MODEL_CARD_ROLE = "model_card"  # the card's file role in the manifest (hashed like the models)
 
 
 def source_dir() -> Path:
