@@ -34,7 +34,10 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def smoke(home: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench")
-    args = ["--data-dir", str(home), "--log-level", "warning", "bench", "--smoke", "--data", str(shared_data)]
+    # Every section but doors, which tests/tools/test_bench_doors.py runs at the same smoke sizes.
+    sections = "gate,energy,latency,stages,peer"
+    args = ["--data-dir", str(home), "--log-level", "warning", "bench", "--smoke", "--sections", sections]
+    args += ["--data", str(shared_data)]
     assert main([*args, "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")]) == 0
     text = (out / "bench.md").read_text()
     print(text)  # the figures of this run, in the test log
