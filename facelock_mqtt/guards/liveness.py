@@ -232,8 +232,12 @@ class LivenessModel:
         frame's `assess` then runs the CNN on its own frame only, not on every earlier one again
         (measured: 35 ms of liveness on the decision at 2 frames, the unlock's critical path).
         The score is a function of the frame's pixels and box alone, and frames are never
-        changed after capture (drawings go on copies), so it is the score `assess` would take."""
-        score = float(self.cnn_scores(image, box).mean())
+        changed after capture (drawings go on copies), so it is the score `assess` would take.
+        A frame that cannot be scored is left for `assess`, which judges it a spoof (and audits it)."""
+        try:
+            score = float(self.cnn_scores(image, box).mean())
+        except ImageError:
+            return
         with self._remembered_lock:
             self._remembered[id(image)] = (image, np.array(box, copy=True), score)
             while len(self._remembered) > REMEMBERED_FRAMES:

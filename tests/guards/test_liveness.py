@@ -5,6 +5,7 @@ loading, the weight download, and accuracy on real NUAA frames the operating poi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -276,3 +277,15 @@ def test_a_remembered_frame_is_not_scored_again_and_only_that_frame_and_box_reus
     assert runs() == before + 3 * len(counting)
     result = model.assess(frames)
     assert result.cnn_score == pytest.approx(float(np.mean(fresh)))
+
+
+def test_a_frame_that_cannot_be_scored_is_not_remembered_and_assess_still_refuses_it(
+    exported: Path, engine: FaceEngine, shared_data: Path
+) -> None:
+    model = liveness.LivenessModel.from_dir(exported)
+    image, face = live_session(shared_data, engine, n=1)[0]
+    outside = np.array([5000.0, 5000.0, 50.0, 50.0], dtype=np.float32)
+    model.remember(image, outside)  # no exception on the door's path, and nothing kept
+    assert id(image) not in model._remembered
+    result = model.assess([(image, dataclasses.replace(face, box=outside))])
+    assert not result.live and "cannot judge liveness" in result.reasons[0]
