@@ -43,15 +43,19 @@ def _centre(crop: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)[16:96, 16:96]
 
 
+def _laplacian_variance(centre: np.ndarray) -> float:
+    return float(cv2.Laplacian(centre, cv2.CV_32F).var())
+
+
 def sharpness(crop: np.ndarray) -> float:
     """The `blur` measure of an aligned crop: the Laplacian variance of its centre (quality-band
     calibration in training/bands.py measures its degraded crops with this same function)."""
-    return float(cv2.Laplacian(_centre(crop), cv2.CV_32F).var())
+    return _laplacian_variance(_centre(crop))
 
 
 def assess(face: Face, crop: np.ndarray, settings: QualitySettings) -> Quality:
-    centre = _centre(crop)
-    size, blur = face_size(face), sharpness(crop)
+    centre = _centre(crop)  # once per frame: the blur and the brightness both read it
+    size, blur = face_size(face), _laplacian_variance(centre)
     brightness, yaw = float(centre.mean()), yaw_proxy(face)
     reasons = []
     if size < settings.min_face_px:
