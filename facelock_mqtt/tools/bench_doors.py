@@ -39,7 +39,7 @@ from ..recognizer import resolve_bundle
 from ..service import Service
 from ..settings import Settings, load_settings
 from .bench_clips import HEIGHT, WIDTH, BenchError, Placement, Scene, background, write_clip
-from .bench_service import UNLOCKED, Subscriber, _percentiles, thread_cpu_s
+from .bench_service import UNLOCKED, Subscriber, _percentiles, child_parser, thread_cpu_s
 
 LEAD_S = 1.0  # empty scene before the warm-up visit: the gate learns the scene
 SETTLE_S = 4.0  # after the warm-up visit: the gate forgets the visitor before the quiet window
@@ -357,14 +357,9 @@ def _cpu_between(start: float, end: float) -> tuple[float, float, dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facelock_mqtt.tools.bench_doors")
-    parser.add_argument("--child", action="store_true", required=True)
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--host", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser = child_parser("facelock_mqtt.tools.bench_doors")
     parser.add_argument("--cameras", type=int, required=True)
     parser.add_argument("--clips", type=Path, nargs=VISITED + 1, required=True, help="visit clips, then the idle clip")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=BATCH_ON)
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--plan", required=True, help="DoorsPlan as JSON")

@@ -239,17 +239,23 @@ def _child(args: argparse.Namespace) -> dict:
             "cpu_percent_by_thread": {k: 100 * v / wall for k, v in sorted(by_thread.items()) if v > 0}}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facelock_mqtt.tools.bench_service")
+def child_parser(module: str) -> argparse.ArgumentParser:
+    """The options every bench child process takes (`python -m <module> --child ...`)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
     parser.add_argument("--child", action="store_true", required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = child_parser("facelock_mqtt.tools.bench_service")
     parser.add_argument("--clip", type=Path, required=True)
     parser.add_argument("--cameras", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gate-clip", type=Path, help="the clip's low-resolution sub-stream, as each camera's gate_url")
     args = parser.parse_args(argv)
     print(json.dumps(_child(args)), flush=True)

@@ -125,13 +125,18 @@ def test_a_lone_face_runs_at_once_in_its_callers_thread(embedder, crops, alone):
     assert_own_vector(vector, 0, alone)
 
 
+def assert_everyone_got_their_own(first: object, results: dict[int, object], alone: np.ndarray) -> None:
+    """The held face (crop 0) and each queued one (crop index + 1) got its own vector."""
+    assert_own_vector(first, 0, alone)
+    for index, vector in results.items():
+        assert_own_vector(vector, index + 1, alone)
+
+
 def test_faces_that_queue_during_a_run_share_the_next_run(embedder, crops, alone):
     held = HeldRun(embedder)
     batcher = Batcher(held, max_batch=8)
     first, results = queue_behind_a_held_run(held, batcher, crops[0], crops[1:6])
-    assert_own_vector(first, 0, alone)
-    for index, vector in results.items():
-        assert_own_vector(vector, index + 1, alone)
+    assert_everyone_got_their_own(first, results, alone)
     stats = batcher.stats
     assert stats.runs == 2 and stats.sizes == {1: 1, 5: 1} and stats.faces == 6 and stats.failed_runs == 0
 
@@ -140,9 +145,7 @@ def test_max_batch_bounds_every_run(embedder, crops, alone):
     held = HeldRun(embedder)
     batcher = Batcher(held, max_batch=3)
     first, results = queue_behind_a_held_run(held, batcher, crops[0], crops[1:8])
-    assert_own_vector(first, 0, alone)
-    for index, vector in results.items():
-        assert_own_vector(vector, index + 1, alone)
+    assert_everyone_got_their_own(first, results, alone)
     assert batcher.stats.sizes == {1: 2, 3: 2}  # the held face, then 7 queued in runs of 3, 3, 1
     assert batcher.stats.largest == 3
 
