@@ -17,7 +17,7 @@ from .guards.drift import Aging, score_trend
 from .guards.integrity import audited_change, check_gallery, flush_journal, record_gallery
 from .models.bundle import Bundle, load_bundle
 from .models.default_bundle import default_bundle
-from .pipeline.engine import FaceEngine
+from .pipeline.engine import FaceEngine, FaceResult
 from .pipeline.match import Identification, Matcher
 from .pipeline.quality import face_size
 from .settings import MatchSettings, ModelSettings, QualitySettings
@@ -176,9 +176,18 @@ class Recognizer:
             return self.gallery.remove(name)
 
     def identify(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> Identification:
-        result = self.engine.analyze(image, region)
-        if result is None or result.embedding is None:
+        return self.identify_located(self.locate(image, region))
+
+    def locate(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> FaceResult | None:
+        """The frame's best face, aligned and quality-checked: `identify` before the embedding."""
+        return self.engine.locate(image, region)
+
+    def identify_located(self, result: FaceResult | None) -> Identification:
+        """`identify` of a face `locate` found: embedded and matched unless its quality failed
+        (then it can never be matched)."""
+        if result is None or not result.quality.ok:
             return Identification(result, None)
+        result = dataclasses.replace(result, embedding=self.engine.embed_one(result.crop))
         return Identification(result, self.matcher.match(result.embedding, result.quality))
 
     def verify(self, first: np.ndarray, second: np.ndarray) -> tuple[float, float]:

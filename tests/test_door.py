@@ -4,6 +4,7 @@ door locked (real models, real gallery, real audit trail, real broker; only the 
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 from mqtt_client import FakeRelay
@@ -12,6 +13,7 @@ from service_helpers import nuaa_frames
 from facelock_mqtt.cli import recognizer
 from facelock_mqtt.door import Door, Guards
 from facelock_mqtt.guards.audit import AUDIT_FILE
+from facelock_mqtt.guards.liveness import LivenessModel
 from facelock_mqtt.guards.lockout import Lockout
 from facelock_mqtt.homeassistant.bridge import HomeAssistantBridge
 from facelock_mqtt.pipeline.imageio import read_image
@@ -34,9 +36,9 @@ def build(tmp_path, mosquitto, shared_data):
     assert bridge.mqtt.connected.wait(10)
     lockout = Lockout(settings.lockout, tmp_path / "lockout.json")
 
-    def make(camera: CameraSettings | None = None, liveness_required: bool = False) -> Door:
-        # No liveness models here: by default these doors run with liveness explicitly not required.
-        guards = Guards(lockout, rec.audit, None, liveness_required=liveness_required)
+    def make(camera: CameraSettings | None = None, liveness_required: bool = False, liveness=None) -> Door:
+        # No liveness models unless given: these doors then run with liveness explicitly not required.
+        guards = Guards(lockout, rec.audit, liveness, liveness_required=liveness_required)
         camera = camera or CameraSettings(name="front", url="unused.avi", fps=10.0)
         events: list[dict] = []
         door = Door(camera, settings.gate, settings.decision, rec, bridge.locks["front"], guards, bridge, events.append)
@@ -64,6 +66,36 @@ def test_the_enrolled_person_unlocks(parts):
     door, relay, frames, _ = parts
     play(door, frames)
     assert "unlock" in relay.calls and door.stats.errors == 0
+
+
+class ThreadRecordingSession:
+    """A real onnxruntime session that records which thread ran it."""
+
+    def __init__(self, session) -> None:
+        self.session, self.threads = session, []
+
+    def run(self, *args, **kwargs):
+        self.threads.append(threading.current_thread().name)
+        return self.session.run(*args, **kwargs)
+
+
+def test_the_liveness_evidence_is_taken_beside_the_embedding_never_on_the_decision(build, liveness_models):
+    make, relay, frames, _ = build
+    model = LivenessModel.from_dir(liveness_models)
+    recording = [(spec, ThreadRecordingSession(session)) for spec, session in model.sessions]
+    model.sessions = recording
+    door = make(liveness=model)
+    try:
+        play(door, frames)
+    finally:
+        model.close()
+    recognized = [e for e in door.events if e["event_type"] == "recognized"]
+    assert "unlock" in relay.calls and recognized and door.stats.errors == 0
+    runs = [name for _, session in recording for name in session.threads]
+    # Every CNN run was a worker's, while the door thread embedded: none came after the match.
+    assert runs and all(name.startswith("liveness") for name in runs), set(runs)
+    # Each frame once per model: the decision found its evidence taken and ran nothing again.
+    assert len(recording[0][1].threads) == len(recording[1][1].threads) <= door.stats.analysed
 
 
 def test_audit_failure_keeps_the_door_locked(parts):

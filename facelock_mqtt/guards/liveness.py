@@ -22,10 +22,9 @@ from __future__ import annotations
 import itertools
 import logging
 import tempfile
-import threading
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,7 +37,8 @@ from .. import models as models_package  # the calibration data of every model l
 from ..errors import BundleError, ImageError
 from ..models.bundle import open_session, read_json_model, verify_digest, write_json_atomic
 from ..models.modelprep import sha256_file
-from .liveness_motion import FaceLike, face_motion, pair_evidence, temporal_from_pairs
+from .evidence_memo import EvidenceMemo
+from .liveness_motion import FaceLike, face_motion, life_shift, pair_evidence, temporal_from_pairs
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ WEIGHTS_URL = "https://raw.githubusercontent.com/minivision-ai/Silent-Face-Anti-
 # A recognised attempt whose face has not moved yet may wait for frames up to this many: a live
 # face moves within a few frames, a picture never does (at 10 fps with k = 2: at most 0.3 s more).
 LIFE_MAX_FRAMES = 5
-REMEMBERED_FRAMES = 32  # CNN scores kept (a few attempts' frames across doors); each keeps its frame alive
+# Evidence kept: 3 pieces per frame, a few attempts' frames across doors; each keeps its frames alive.
+REMEMBERED_EVIDENCE = 96
 STATUS_OFF = "off: MiniFASNet models not installed (see docs/LIVENESS.md)"
 
 
@@ -189,10 +190,10 @@ class LivenessModel:
     def __init__(self, sessions: Sequence[tuple[ModelSpec, object]], point: OperatingPoint) -> None:
         self.sessions = list(sessions)
         self.point = point
-        # CNN scores of recent attempt frames, taken as each frame arrived (see `remember`): keyed by
-        # the frame's identity, the frame and box kept with the score so the id is never reused.
-        self._remembered: OrderedDict[int, tuple[np.ndarray, np.ndarray, float]] = OrderedDict()
-        self._remembered_lock = threading.Lock()
+        # Evidence of recent attempt frames, taken beside their embedding (see `prepare`).
+        self.memo = EvidenceMemo(REMEMBERED_EVIDENCE)
+        # Two workers: two doors' faces at once; more would only queue for the same 2 cores.
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="liveness")
 
     @classmethod
     def from_dir(cls, folder: Path, threads: int = 1, point: OperatingPoint | None = None) -> LivenessModel:
@@ -220,28 +221,39 @@ class LivenessModel:
 
     def cnn_score(self, image: np.ndarray, box: np.ndarray) -> float:
         """The fused CNN live probability of one face: the mean of both models' softmax (taken
-        from `remember` when this very frame and box were scored as the frame arrived)."""
-        with self._remembered_lock:
-            kept = self._remembered.get(id(image))
-        if kept is not None and kept[0] is image and np.array_equal(kept[1], box):
-            return kept[2]
-        return float(self.cnn_scores(image, box).mean())
+        from the memo when this very frame and box were scored beside the embedding)."""
+        return self.memo.get("cnn", (image,), (box,), lambda: float(self.cnn_scores(image, box).mean()))
 
-    def remember(self, image: np.ndarray, box: np.ndarray) -> None:
-        """Score an attempt's frame now, while the door waits for the next one: the decision
-        frame's `assess` then runs the CNN on its own frame only, not on every earlier one again
-        (measured: 35 ms of liveness on the decision at 2 frames, the unlock's critical path).
-        The score is a function of the frame's pixels and box alone, and frames are never
-        changed after capture (drawings go on copies), so it is the score `assess` would take.
-        A frame that cannot be scored is left for `assess`, which judges it a spoof (and audits it)."""
+    def pair(self, earlier: tuple[np.ndarray, FaceLike], later: tuple[np.ndarray, FaceLike]) -> tuple[float, float | None]:
+        """`liveness_motion.pair_evidence` of two consecutive attempt frames, memoised."""
+        return self.memo.get("pair", _images(earlier, later), _numbers(earlier, later), lambda: pair_evidence(earlier, later))
+
+    def shift(self, first: tuple[np.ndarray, FaceLike], frame: tuple[np.ndarray, FaceLike]) -> float | None:
+        """`liveness_motion.life_shift` of an attempt frame from the attempt's first, memoised."""
+        return self.memo.get("shift", _images(first, frame), _numbers(first, frame), lambda: life_shift(first, frame))
+
+    def prepare(self, frames: Sequence[tuple[np.ndarray, FaceLike]], image: np.ndarray, face: FaceLike) -> Future:
+        """Start taking the evidence of a new attempt frame (after `frames`, the attempt's so far)
+        on a worker, while the door embeds the face: the decision's `wants_more_frames` and
+        `assess` then find it in the memo instead of running the CNN and the flow on the unlock's
+        critical path. The door waits for the future before it decides; a frame that cannot be
+        judged is left for `assess`, which refuses it and audits it."""
+        earlier = (frames[0], frames[-1]) if frames else None
+        return self._workers.submit(self._take, earlier, (image, face))
+
+    def _take(self, earlier: tuple | None, frame: tuple[np.ndarray, FaceLike]) -> None:
         try:
-            score = float(self.cnn_scores(image, box).mean())
+            self.cnn_score(frame[0], frame[1].box)
+            if earlier is not None:
+                first, previous = earlier
+                self.pair(previous, frame)
+                self.shift(first, frame)
         except ImageError:
-            return
-        with self._remembered_lock:
-            self._remembered[id(image)] = (image, np.array(box, copy=True), score)
-            while len(self._remembered) > REMEMBERED_FRAMES:
-                self._remembered.popitem(last=False)
+            return  # nothing kept: `assess` meets the same error and says spoof
+
+    def close(self) -> None:
+        """Stop the workers (the service's shutdown); evidence asked for later is taken in place."""
+        self._workers.shutdown(wait=True, cancel_futures=True)
 
     def assess(self, frames: Sequence[tuple[np.ndarray, FaceLike]]) -> LivenessResult:
         """Live or spoof for an attempt's frames (image, face), from the CNN and the motion.
@@ -253,8 +265,9 @@ class LivenessModel:
             return LivenessResult(False, 0.0, 0.0, None, ("no frames to judge",))
         try:
             cnn = float(np.mean([self.cnn_score(image, face.box) for image, face in frames]))
-            temporal = temporal_score(frames, self.point)
-            life = face_motion(frames)
+            pairs = [self.pair(a, b) for a, b in itertools.pairwise(frames)]
+            temporal = temporal_from_pairs(pairs, self.point.min_motion, self.point.rigid_lift)
+            life = face_motion(frames, self.shift)
         except ImageError as exc:
             return LivenessResult(False, 0.0, 0.0, None, (f"cannot judge liveness: {exc}",))
         return decide(cnn, temporal, life, self.point)
@@ -266,16 +279,18 @@ class LivenessModel:
         if len(frames) >= LIFE_MAX_FRAMES:
             return False
         try:
-            life = face_motion(frames)
+            life = face_motion(frames, self.shift)
         except ImageError:
             return False
         return not life_reason(life, self.point)[0]
 
 
-def temporal_score(frames: Sequence[tuple[np.ndarray, FaceLike]], point: OperatingPoint) -> float | None:
-    """Share of the attempt's moving frame pairs that did not move like a print (None: no evidence)."""
-    pairs = [pair_evidence(a, b) for a, b in itertools.pairwise(frames)]
-    return temporal_from_pairs(pairs, point.min_motion, point.rigid_lift)
+def _images(*frames: tuple[np.ndarray, FaceLike]) -> tuple[np.ndarray, ...]:
+    return tuple(image for image, _ in frames)
+
+
+def _numbers(*frames: tuple[np.ndarray, FaceLike]) -> tuple[np.ndarray, ...]:
+    return tuple(n for _, face in frames for n in (face.box, face.landmarks))
 
 
 def fuse(cnn: float, temporal: float | None, point: OperatingPoint) -> float:

@@ -143,32 +143,42 @@ def _face_region(box: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int
     return region
 
 
-def face_motion(frames: Sequence[tuple[np.ndarray, FaceLike]]) -> float | None:
+def face_motion(frames: Sequence[tuple[np.ndarray, FaceLike]], shift: LifeShift | None = None) -> float | None:
     """How far the face itself moved during the attempt, in face widths: the largest shift, over
-    the later frames, of the first frame's face region (median dense-flow vector, so a hand or a
-    rectangle over part of the face does not count, and incoherent pixel noise cancels out).
+    the later frames, of the first frame's face region (`life_shift`; `shift` may be a memo of it).
 
     None when fewer than two frames of one resolution can be compared: no evidence of life.
     """
     if len(frames) < 2:
         return None
-    image0, face0 = frames[0]
+    shift = shift or life_shift
+    motions = [m for frame in frames[1:] if (m := shift(frames[0], frame)) is not None]
+    return max(motions) if motions else None
+
+
+class LifeShift(Protocol):
+    def __call__(self, first: tuple[np.ndarray, FaceLike], frame: tuple[np.ndarray, FaceLike]) -> float | None: ...
+
+
+def life_shift(first: tuple[np.ndarray, FaceLike], frame: tuple[np.ndarray, FaceLike]) -> float | None:
+    """How far the first frame's face region moved by `frame`, in face widths: the median
+    dense-flow vector (so a hand or a rectangle over part of the face does not count, and
+    incoherent pixel noise cancels out). None for a resolution change mid-attempt (nothing to
+    compare); ImageError when the first frame's box leaves too little of the face.
+    """
+    (image0, face0), (image, face) = first, frame
     region = _face_region(np.asarray(face0.box), image0.shape)
+    if image.shape != image0.shape:
+        return None
     scale = LIFE_WIDTH / (region[2] - region[0])
     size = (LIFE_WIDTH, max(8, round((region[3] - region[1]) * scale)))
     blur = LIFE_BLUR * max(1.0, scale)
-    reference = _life_patch(image0, region, size, blur)
-    start = np.asarray(face0.landmarks, dtype=np.float64).reshape(5, 2)
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # per call: doors run in threads
-    motions = []
-    for image, face in frames[1:]:
-        if image.shape != image0.shape:
-            continue  # a resolution change mid-attempt: nothing to compare
-        field = flow.calc(reference, _life_patch(image, region, size, blur), None)
-        shift = float(np.hypot(*np.median(field.reshape(-1, 2), axis=0))) / LIFE_WIDTH
-        # A face that moved out of the first frame's region leaves the flow nothing to follow;
-        # its landmarks (jitter far below LIFE_FAR on a still) then say how far it went.
-        landmarks = np.asarray(face.landmarks, dtype=np.float64).reshape(5, 2)
-        travel = float(np.sqrt(((landmarks - start) ** 2).sum(axis=1).mean())) * scale / LIFE_WIDTH
-        motions.append(max(shift, travel) if travel >= LIFE_FAR else shift)
-    return max(motions) if motions else None
+    field = flow.calc(_life_patch(image0, region, size, blur), _life_patch(image, region, size, blur), None)
+    shift = float(np.hypot(*np.median(field.reshape(-1, 2), axis=0))) / LIFE_WIDTH
+    # A face that moved out of the first frame's region leaves the flow nothing to follow; its
+    # landmarks (jitter far below LIFE_FAR on a still) then say how far it went.
+    start = np.asarray(face0.landmarks, dtype=np.float64).reshape(5, 2)
+    landmarks = np.asarray(face.landmarks, dtype=np.float64).reshape(5, 2)
+    travel = float(np.sqrt(((landmarks - start) ** 2).sum(axis=1).mean())) * scale / LIFE_WIDTH
+    return max(shift, travel) if travel >= LIFE_FAR else shift

@@ -75,9 +75,6 @@ class EdgeVerifier:
         self.fingerprint = fingerprint
         self.auto = auto  # no answer in time: verify locally instead of denying
 
-    def locate(self, image: np.ndarray, region: tuple[int, int, int, int] | None = None) -> Identification:
-        return Identification(self.engine.locate(image, region), None)
-
     def publish_gallery(self, matcher: Matcher) -> str:
         return self.client.publish_gallery(self.fingerprint, [str(p) for p in matcher.people], matcher.templates)
 

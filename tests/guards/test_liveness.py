@@ -253,39 +253,48 @@ class CountingSession:
         return self.session.run(*args, **kwargs)
 
 
-def test_a_remembered_frame_is_not_scored_again_and_only_that_frame_and_box_reuse_it(
+def test_prepared_frames_give_the_same_verdict_without_running_anything_again(
     exported: Path, engine: FaceEngine, shared_data: Path
 ) -> None:
+    fresh_model = liveness.LivenessModel.from_dir(exported)
     model = liveness.LivenessModel.from_dir(exported)  # its own: the memo must start empty
     counting = [(spec, CountingSession(session)) for spec, session in model.sessions]
     model.sessions = counting
-    frames = live_session(shared_data, engine, n=3)
-    fresh = [float(model.cnn_scores(image, face.box).mean()) for image, face in frames]
     runs = lambda: sum(s.runs for _, s in counting)  # noqa: E731
+    frames = live_session(shared_data, engine, n=3)
+    try:
+        for i, (image, face) in enumerate(frames):  # as the door does: each frame after the attempt's so far
+            model.prepare(frames[:i], image, face).result(timeout=30)
+        kept, ran = len(model.memo), runs()
+        assert kept == 3 + 2 * 2  # a CNN score per frame; a pair and a shift from frame 2 on
+        assert model.wants_more_frames(frames) == fresh_model.wants_more_frames(frames)
+        assert model.assess(frames) == fresh_model.assess(frames)  # every field, reasons included
+        assert runs() == ran and len(model.memo) == kept  # all taken from the memo: nothing ran again
 
-    for image, face in frames[:2]:
-        model.remember(image, face.box)
-    before = runs()
-    assert [model.cnn_score(image, face.box) for image, face in frames[:2]] == fresh[:2]
-    assert runs() == before  # taken from the memo: the decision frame runs the CNN on itself only
-    assert model.cnn_score(frames[2][0], frames[2][1].box) == fresh[2] and runs() == before + len(counting)
-
-    image, face = frames[0]
-    moved = face.box + np.array([4, 0, 0, 0], dtype=face.box.dtype)
-    model.cnn_score(image, moved)  # another box on the same frame: scored afresh
-    model.cnn_score(image.copy(), face.box)  # the same pixels in another frame object: scored afresh
-    assert runs() == before + 3 * len(counting)
-    result = model.assess(frames)
-    assert result.cnn_score == pytest.approx(float(np.mean(fresh)))
+        image, face = frames[0]
+        moved = face.box + np.array([4, 0, 0, 0], dtype=face.box.dtype)
+        model.cnn_score(image, moved)  # another box on the same frame: scored afresh
+        model.cnn_score(image.copy(), face.box)  # the same pixels in another frame object: scored afresh
+        assert runs() == ran + 2 * len(counting)
+        nudged = dataclasses.replace(frames[1][1], landmarks=frames[1][1].landmarks + 1.0)
+        model.shift(frames[0], (frames[1][0], nudged))  # other landmarks: another piece of evidence
+        assert len(model.memo) == kept + 3
+    finally:
+        model.close()
+        fresh_model.close()
 
 
-def test_a_frame_that_cannot_be_scored_is_not_remembered_and_assess_still_refuses_it(
+def test_a_frame_that_cannot_be_judged_is_not_kept_and_assess_still_refuses_it(
     exported: Path, engine: FaceEngine, shared_data: Path
 ) -> None:
     model = liveness.LivenessModel.from_dir(exported)
-    image, face = live_session(shared_data, engine, n=1)[0]
-    outside = np.array([5000.0, 5000.0, 50.0, 50.0], dtype=np.float32)
-    model.remember(image, outside)  # no exception on the door's path, and nothing kept
-    assert id(image) not in model._remembered
-    result = model.assess([(image, dataclasses.replace(face, box=outside))])
+    (image, face), (image2, face2) = live_session(shared_data, engine, n=2)
+    outside = dataclasses.replace(face2, box=np.array([5000.0, 5000.0, 50.0, 50.0], dtype=np.float32))
+    model.prepare([], image, face).result(timeout=30)
+    model.prepare([(image, face)], image2, outside).result(timeout=30)  # no exception on the door's path
+    assert len(model.memo) == 1  # the first frame's CNN score only
+    result = model.assess([(image, face), (image2, outside)])
     assert not result.live and "cannot judge liveness" in result.reasons[0]
+    model.close()
+    with pytest.raises(RuntimeError):  # after the service's shutdown nothing more is started
+        model.prepare([], image, face)
