@@ -355,14 +355,17 @@ class MqttSnapshotSource(FrameSource):
             self._cond.notify_all()
 
     def _run(self) -> None:
-        limit = _RateLimit(self.camera.fps)
-        while not self._stopping.wait(max(0.0, limit.next_due - time.monotonic())):
+        # Spaced from the last snapshot taken, not on a fixed grid: a grid holds back every
+        # snapshot of a camera whose clock runs a little fast by up to a whole period (measured
+        # in `facelock bench` latency). Early by a tenth of a period is jitter, as in _RateLimit.
+        spacing, taken = 0.9 / self.camera.fps, float("-inf")
+        while not self._stopping.wait(max(0.0, taken + spacing - time.monotonic())):
             with self._cond:
                 self._cond.wait_for(lambda: self._inbox is not None or self._stopping.is_set())
                 if self._inbox is None:
                     return
                 (payload, ts), self._inbox = self._inbox, None
-            limit.taken(time.monotonic())
+            taken = time.monotonic()
             image, why = decode_jpeg(payload, self.camera.max_snapshot_pixels)
             if image is None:
                 self._undecodable(why)

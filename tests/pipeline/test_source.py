@@ -307,6 +307,26 @@ def test_newest_snapshot_wins_when_they_arrive_faster_than_fps(photos: list[np.n
     assert source.stats.frames_decoded == 2 and source.stats.dropped == 4
 
 
+def test_a_camera_a_little_faster_than_its_fps_is_never_held_back(photos: list[np.ndarray]) -> None:
+    """Snapshots 7 % faster than the declared fps: each is taken as it comes (spaced from the last
+    one taken). A fixed grid held each one back a little more than the one before, up to a
+    whole period: by the 12th, 0.77 of a period of latency added to every unlock."""
+    fps = 5.0
+    source = MqttSnapshotSource(camera(topic="frigate/front_door/snapshot", fps=fps))
+    jpeg, lags = jpeg_of(photos[0]), []
+    with source:
+        due = time.monotonic()
+        for _ in range(12):
+            time.sleep(max(0.0, due - time.monotonic()))
+            source.push(jpeg)
+            frame = source.latest(10)
+            assert frame is not None
+            lags.append(time.monotonic() - frame.ts)
+            due += 0.93 / fps
+    assert max(lags) < 0.5 / fps, [round(lag, 3) for lag in lags]
+    assert source.stats.dropped == 0 and source.stats.frames_decoded == 12
+
+
 def test_a_snapshot_flood_is_rate_limited_per_topic(photos: list[np.ndarray]) -> None:
     """Twice the fps is taken (a burst of one second's worth, at least 10); the rest is counted, not kept."""
     source = MqttSnapshotSource(camera(topic="frigate/front_door/snapshot", fps=10.0))
