@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 from pydantic import ValidationError
 
 from .door import LIVENESS_UNAVAILABLE, UNTRUSTED_SOURCE, Door, DoorStats, Guards
@@ -111,6 +112,10 @@ class Service:
     ) -> None:
         """`panel`: also serve the owner's panel (web) when `web.enabled`; `facelock run` does, replay does not."""
         self.settings = settings
+        # OpenCV's own worker pool, off: every door already runs in a thread of its own, and on the
+        # gate's small frames the pool's wake-ups cost more than they save (measured: 0.30 % of a
+        # core per idle camera, 1.03 -> 0.76 % with a gate_url; a 1080p resize 0.39 -> 0.51 ms).
+        cv2.setNumThreads(1)
         self.cameras = cameras if cameras is not None else list(settings.cameras)
         if not self.cameras:
             log.warning("no cameras configured: the service only serves Home Assistant and MQTT snapshots")

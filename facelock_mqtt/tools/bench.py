@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..guards.liveness_install import install
 from ..models.bundle import Bundle
 from ..models.default_bundle import default_bundle
+from ..pipeline.av_source import available as av_available
 from ..pipeline.imageio import read_image
 from ..recognizer import Recognizer, resolve_bundle
 from ..settings import Settings, load_settings
@@ -48,6 +49,7 @@ from .bench_clips import (
     person_patches,
     visit_frames,
     write_clip,
+    write_clip_pair,
 )
 from .bench_doors import DoorsPlan, many_doors
 from .bench_energy import door_day_energy, enroll_people, gate_vs_decode, visitor_patches
@@ -172,12 +174,15 @@ class Bench:
             "embedder_ms_per_face": bench_core.bench_embedder(bundle, threads, repeats, self._int8()),
             "detector_ms_per_frame": bench_core.bench_detector(bundle, threads, repeats),
         }
-        clip = self._child_clip()
+        clip, sub_clip = self._child_clip()
         settings = self.settings()
         s = self.sizes
-        children = [run_child(settings, clip, n, s.child_warmup_s, s.child_seconds) for n in (1, 4)]
-        for child in children:
+        # 1 and 4 cameras on url alone, then 1 with its sub-stream as gate_url (item 2's goal).
+        runs = [(1, None), (4, None)] + ([(1, sub_clip)] if sub_clip is not None else [])
+        children = [run_child(settings, clip, n, s.child_warmup_s, s.child_seconds, sub) for n, sub in runs]
+        for child, (_, sub) in zip(children, runs, strict=True):
             child["idle_cpu_percent_per_camera"] = 100 * child["cpu_s"] / child["window_s"] / child["cameras"]
+            child["gate_url"] = sub is not None
         report["service"] = children
         return report
 
@@ -185,17 +190,21 @@ class Bench:
         """The int8 default bundle, timed beside the served one (None when a user bundle is served)."""
         return None if self.base.model.bundle else default_bundle(self.workdir, int8=True)
 
-    def _child_clip(self) -> Path:
-        """A static scene for the idle window, after one visit (so models and buffers are in use)."""
+    def _child_clip(self) -> tuple[Path, Path | None]:
+        """A static scene for the idle window, after one visit (so models and buffers are in use),
+        and with PyAV the same frames as the camera's 320x240 sub-stream (its gate_url)."""
         fps, s = 5.0, self.sizes
         n_frames = round((s.child_warmup_s + s.child_seconds + 30) * fps)
         shown = {}
         if s.child_visit:
             shown = {round(fps) + i: p for i, p in enumerate(visit_frames(self.enrolled_person(), fps))}
         day = DoorDay(fps, n_frames, [], shown)
-        clip = self.workdir / "service_child.mp4"
-        write_clip(day.frames(Scene(background())), clip, fps, (WIDTH, HEIGHT))
-        return clip
+        clip, sub_clip = self.workdir / "service_child.mp4", self.workdir / "service_child_sub.mp4"
+        if not av_available():
+            write_clip(day.frames(Scene(background())), clip, fps, (WIDTH, HEIGHT))
+            return clip, None
+        write_clip_pair(day.frames(Scene(background())), clip, sub_clip, fps, (WIDTH, HEIGHT))
+        return clip, sub_clip
 
     def doors(self) -> dict:
         """Many doors (bench_doors): two enrolled visitors, one per visited door."""

@@ -80,9 +80,9 @@ def headline(report: dict) -> list[tuple[str, object, str, bool | None]]:
             fp32 = embedder["fp32_prelu_rewritten"]["batch_1"]["cpu"]
             add("embedder CPU, fp32 / int8 graph (same run)", fp32 / int8, "(info)", None)
         for child in stages["service"]:
-            n = child["cameras"]
+            n, gate_url = child["cameras"], ", gate_url" if child.get("gate_url") else ""
             add(
-                f"idle CPU % of a core per 5-fps camera ({n} camera(s))",
+                f"idle CPU % of a core per 5-fps camera ({n} camera(s){gate_url})",
                 child["idle_cpu_percent_per_camera"],
                 "<= 1",
                 lambda v: v <= 1,
@@ -190,6 +190,7 @@ def _stages(section: dict) -> list[str]:
     rows = [
         [
             c["cameras"],
+            "yes" if c.get("gate_url") else "no",
             c["peak_rss_mb"],
             c["window_s"],
             c["cpu_s"],
@@ -201,6 +202,7 @@ def _stages(section: dict) -> list[str]:
     ]
     header = [
         "cameras",
+        "gate_url",
         "peak RSS MB",
         "idle window s",
         "CPU s",
@@ -211,7 +213,8 @@ def _stages(section: dict) -> list[str]:
     lines += _table(header, rows) + [""]
     for child in section["service"]:
         split = ", ".join(f"{name} {percent:.2f}" for name, percent in child.get("cpu_percent_by_thread", {}).items())
-        lines.append(f"- idle CPU % of a core by thread, {child['cameras']} camera(s): {split}")
+        gate_url = " with gate_url" if child.get("gate_url") else ""
+        lines.append(f"- idle CPU % of a core by thread, {child['cameras']} camera(s){gate_url}: {split}")
     return lines
 
 

@@ -79,7 +79,7 @@ def test_door_day_visits_and_latency_trials_end_as_they_should(smoke):
 def test_service_children_and_peer_report_real_work(smoke):
     report, _ = smoke
     children = report["sections"]["stages"]["service"]
-    assert [c["cameras"] for c in children] == [1, 4]
+    assert [(c["cameras"], c["gate_url"]) for c in children] == [(1, False), (4, False), (1, True)]
     assert all(c["peak_rss_mb"] > 50 and c["frames"] > 0 for c in children)
     peer = report["sections"]["peer"]
     for name in ("ours", "peer"):
