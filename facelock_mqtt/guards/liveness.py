@@ -252,7 +252,8 @@ class LivenessModel:
             return  # nothing kept: `assess` meets the same error and says spoof
 
     def close(self) -> None:
-        """Stop the workers (the service's shutdown); evidence asked for later is taken in place."""
+        """Stop the workers (the service's shutdown). `prepare` then raises, an error on the door's
+        decision path (the door stays locked); `assess` still takes any missing evidence itself."""
         self._workers.shutdown(wait=True, cancel_futures=True)
 
     def assess(self, frames: Sequence[tuple[np.ndarray, FaceLike]]) -> LivenessResult:
