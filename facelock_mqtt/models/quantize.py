@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 GRAPH = "int8-qdq"
 RANGES_FILE = "sface_int8_ranges.json"
+# Activation ranges clip each tensor's values at their 0.001th and 99.999th percentiles over the
+# calibration crops. Plain min/max let a handful of outlier activations set each scale, so most
+# values shared few int8 steps: on NUAA webcam crops the int8 vectors agreed with fp32 at cosine
+# 0.961 on average (least 0.895), with these ranges at 0.981 (least 0.952); NUAA TAR at its own
+# FAR 1e-6 threshold rose from 83.2 to 85.1 % and LFW TAR at 1e-6 from 87.9 to 88.9 %. Clipping
+# more (99.99) agrees better on average but lost 2.3 points of LFW TAR at 1e-6: the tail the
+# acceptance gate guards. See docs/RESULTS.md.
+RANGE_PERCENTILE = 99.999
 # uint8 activations and int8 per-channel weights: onnxruntime's fast CPU path on x86 (VNNI)
 # and ARM. Weights keep all 8 bits (reduce_range off): measured accurate enough, see BENCHMARKS.md.
 REDUCE_RANGE = False
@@ -86,6 +94,7 @@ def quantize_embedder(fp32: Path, target: Path, ranges: Path, crops: list[np.nda
 
 def _quantize(model: onnx.ModelProto, target: Path, ranges: Path, crops: list[np.ndarray] | None) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import load_tensors_data
     from onnxruntime.quantization.preprocess import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="facelock-quant-") as scratch:
@@ -95,16 +104,41 @@ def _quantize(model: onnx.ModelProto, target: Path, ranges: Path, crops: list[np
         # onnxruntime's int8 kernels expect them; the shapes are static apart from the batch.
         quant_pre_process(str(rewritten), str(prepared), skip_symbolic_shape=True)
         input_name = onnx.load(str(prepared)).graph.input[0].name
+        if crops is not None:
+            _measure_ranges(prepared, Path(scratch) / "augmented.onnx", ranges, _reader(crops, input_name))
         partial = target.with_suffix(".partial")
         quantize_static(
             str(prepared),
             str(partial),
-            _reader(crops, input_name) if crops is not None else None,
+            None,  # the ranges come from the file
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=REDUCE_RANGE,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            calibrate_method=load_tensors_data(ranges).calibration_method,  # onnxruntime checks they agree
             calibration_cache_path=str(ranges),
         )
     partial.replace(target)
+
+
+def _measure_ranges(prepared: Path, augmented: Path, ranges: Path, reader) -> None:
+    """Write each activation's percentile range over the crops `reader` gives to `ranges`.
+
+    Only the two ends are kept: onnxruntime's own cache would also hold every tensor's
+    histogram, which the build does not read (and which a package should not ship).
+    """
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, save_tensors_data
+
+    method = CalibrationMethod.Percentile
+    calibrator = create_calibrator(
+        prepared, None, str(augmented), calibrate_method=method, extra_options={"percentile": RANGE_PERCENTILE}
+    )
+    calibrator.collect_data(reader)
+    measured = calibrator.compute_data()
+    ends = {
+        name: TensorData(lowest=np.float32(data.range_value[0]), highest=np.float32(data.range_value[1]))
+        for name, data in measured.data.items()
+    }
+    save_tensors_data(TensorsData(method, ends), ranges)

@@ -3,7 +3,7 @@
 1. Calibration crops: NUAA live, ORL and Yale photos (people who are not in LFW), detected and
    aligned by the fp32 pipeline; a fixed draw of CROPS of them. LFW is used whole for the
    evaluation below, so no evaluated identity is ever seen by the calibration.
-2. Activation ranges from those crops (onnxruntime MinMax), then the int8 QDQ graph built from
+2. Activation ranges from those crops (onnxruntime Percentile, 99.99), then the int8 QDQ graph built from
    the ranges alone, exactly as a user's machine builds it at first start.
 3. LFW 10-fold accuracy and TAR at FAR over all LFW pairs for both graphs (`facelock eval lfw`),
    and ms/face at batch 1, interleaved in the same process.
@@ -66,7 +66,9 @@ def int8_bundle(fp32: Bundle, int8_file: Path, folder: Path) -> Bundle:
     # The fp32 model card is not copied: it does not describe the int8 graph.
     files = {role: e for role, e in fp32.manifest.files.items() if role != default.MODEL_CARD_ROLE}
     files["embedder"] = default.file_entry(folder, "sface_int8.onnx")
-    embedder = fp32.manifest.embedder.model_copy(update={"graph": GRAPH})
+    # The fp32 view serves its FP32_FILE role: point the copy at the int8 file, or it would
+    # quietly serve (and gate, and calibrate) the fp32 graph again.
+    embedder = fp32.manifest.embedder.model_copy(update={"graph": GRAPH, "file": "embedder"})
     manifest = fp32.manifest.model_copy(update={"files": files, "embedder": embedder, "calibration": None})
     return write_bundle(folder, manifest)
 

@@ -85,7 +85,8 @@ def test_int8_embeddings_keep_the_fp32_scores(bundle, shared_data: Path) -> None
     fp32 = np.concatenate([fp32_session.run(None, {name: crop_tensor(c)})[0] for c in crops])
     fp32 /= np.linalg.norm(fp32, axis=1, keepdims=True)
     agreement = np.sum(int8 * fp32, axis=1)
-    assert agreement.min() > 0.9 and agreement.mean() > 0.97  # measured: min 0.935, mean 0.98 on 200 crops
+    # measured on 200 crops: min 0.979, mean 0.991 (min/max activation ranges gave 0.935 and 0.98)
+    assert agreement.min() > 0.96 and agreement.mean() > 0.985
     assert np.abs(int8 @ int8.T - fp32 @ fp32.T).max() < 0.1  # pair scores move by little
 
 
@@ -113,3 +114,18 @@ def test_a_cached_fp32_bundle_is_rebuilt_once_int8_is_shipped_but_a_refusal_stic
     stamp = (refused.path / "manifest.json").stat().st_mtime_ns
     assert default.default_bundle(tmp_path, int8=True).manifest == refused.manifest
     assert (refused.path / "manifest.json").stat().st_mtime_ns == stamp  # not rebuilt again
+
+
+def test_the_acceptance_run_gates_the_int8_graph_not_the_fp32_view(bundle, tmp_path: Path) -> None:
+    """bench_quantize copies the fp32 view (which serves its FP32_FILE role) to serve the int8
+    file: the copy must embed with the int8 graph, or the gate compares fp32 with itself."""
+    from facelock_mqtt.tools.bench_quantize import int8_bundle
+
+    fp32 = default.fp32_view(bundle)
+    built = int8_bundle(fp32, bundle.file("embedder"), tmp_path / "int8")
+    assert built.manifest.embedder.graph == GRAPH
+    assert built.manifest.files[built.manifest.embedder.file].sha256 == shipped_int8()["graph_sha256"]
+    crop = np.full((112, 112, 3), 120, np.uint8)
+    crop[30:80, 20:90] = 60
+    served, plain = (Embedder(b, threads=1).embed([crop])[0] for b in (built, fp32))
+    assert not np.allclose(served, plain, atol=1e-4)  # a different graph, not the fp32 one again

@@ -2,8 +2,9 @@
 
 - LFW: the first two folds of the standard pairs.txt (1,200 pairs), accepted at the shipped
   calibrated threshold for FAR 1e-3. The full 10-fold protocol (`facelock eval lfw`) gives
-  99.42 %; see docs/RESULTS.md.
-- NUAA live frames end to end (detection, alignment, quality, embedding, matching): people
+  99.42 % (the int8 graph: 99.60 %); see docs/RESULTS.md.
+- NUAA live frames end to end (detection, alignment, quality, embedding, matching), with each
+  served graph (fp32, and the opt-in int8 one at its own thresholds): people
   enrolled from their first session, probed with every frame of their other sessions, at the
   default target FAR; the one person with no first session is an impostor who must never pass.
 
@@ -21,7 +22,7 @@ import pytest
 
 from facelock_mqtt.errors import EnrollmentError
 from facelock_mqtt.models.bundle import Bundle
-from facelock_mqtt.models.default_bundle import default_bundle
+from facelock_mqtt.models.default_bundle import INT8_GRAPH, default_bundle
 from facelock_mqtt.pipeline.embed import Embedder
 from facelock_mqtt.pipeline.imageio import read_image
 from facelock_mqtt.recognizer import Recognizer
@@ -34,13 +35,17 @@ LFW_FOLDS = (0, 1)
 LFW_FAR = 1e-3
 LFW_MIN_ACCURACY = 0.990  # measured 0.9950 (6 errors in 1,200 pairs)
 LFW_MAX_FALSE_ACCEPTS = 2  # measured 0 of 600 impostor pairs
-NUAA_MIN_TAR = 0.88  # measured 89 of 96 genuine frames (0.927) at target FAR 1e-6
+# Per served graph (model.int8_embedder), each at its own calibrated threshold for target FAR 1e-6.
+NUAA_MIN_TAR = {
+    "fp32": 0.88,  # measured 89 of 96 genuine frames (0.927)
+    "int8": 0.83,  # measured 84 of 96 (0.875); 83 of 96 with the min/max ranges before
+}
 ENROLL_SESSION = "01"
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return default_bundle(tmp_path_factory.mktemp("data"))
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return default_bundle(tmp_path_factory.mktemp("data"), int8=request.param == "int8")
 
 
 def test_lfw_folds_at_the_calibrated_threshold(bundle: Bundle, shared_data: Path) -> None:
@@ -125,4 +130,4 @@ def test_nuaa_end_to_end_at_the_default_target_far(bundle: Bundle, shared_data: 
     print(f"{impostor} impostor frames, {len(false_accepts)} false accepts")
     assert len(enrolled) >= 6 and genuine >= 90 and impostor >= 12
     assert false_accepts == []
-    assert tar >= NUAA_MIN_TAR
+    assert tar >= NUAA_MIN_TAR["int8" if bundle.manifest.embedder.graph == INT8_GRAPH else "fp32"]
