@@ -84,3 +84,34 @@ def test_the_panel_verdicts_say_which_photo_of_a_batch_shows_someone_else(recogn
     assert all(v.refused is not None and "matches none of the other photos" in v.refused for v in verdicts)
     alone = recognizer.photo_verdicts("alice", [photo(shared_data, f) for f in ALICE])
     assert [v.refused for v in alone] == [None, None]
+
+
+def test_verify_embeds_both_faces_in_one_run_with_the_scores_of_two(recognizer: Recognizer, shared_data: Path) -> None:
+    """verify runs the two faces as one batch of 2; each vector is the one a run of its own gives."""
+    _, first = photo(shared_data, ALICE[0])
+    _, second = photo(shared_data, BOB)
+    runs: list[int] = []
+    embedder = recognizer.engine.embedder
+    embedder.session = _CountingSession(embedder.session, runs)
+    try:
+        score, threshold = recognizer.verify(first, second)
+    finally:
+        embedder.session = embedder.session.inner
+    assert runs == [2]  # one run, both faces
+    alone = [recognizer.engine.analyze(image, embed_poor=True).embedding for image in (first, second)]
+    assert score == pytest.approx(float(alone[0] @ alone[1]), abs=1e-5)
+    assert score < threshold  # Alice and Bob are different people
+
+
+class _CountingSession:
+    """The real onnxruntime session, recording the batch size of every run."""
+
+    def __init__(self, inner, runs: list[int]) -> None:
+        self.inner, self.runs = inner, runs
+
+    def run(self, outputs, feeds):
+        self.runs.append(next(iter(feeds.values())).shape[0])
+        return self.inner.run(outputs, feeds)
+
+    def get_inputs(self):
+        return self.inner.get_inputs()
