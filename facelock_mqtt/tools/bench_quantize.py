@@ -3,8 +3,9 @@
 1. Calibration crops: NUAA live, ORL and Yale photos (people who are not in LFW), detected and
    aligned by the fp32 pipeline; a fixed draw of CROPS of them. LFW is used whole for the
    evaluation below, so no evaluated identity is ever seen by the calibration.
-2. Activation ranges from those crops (onnxruntime Percentile, 99.99), then the int8 QDQ graph built from
-   the ranges alone, exactly as a user's machine builds it at first start.
+2. Activation ranges from those crops (onnxruntime's percentile calibrator at
+   `quantize.RANGE_PERCENTILE`), then the int8 QDQ graph built from the ranges alone, exactly as
+   a user's machine builds it at first start.
 3. LFW 10-fold accuracy and TAR at FAR over all LFW pairs for both graphs (`facelock eval lfw`),
    and ms/face at batch 1, interleaved in the same process.
 4. The acceptance gate: int8 may lose at most 0.05 points of LFW accuracy and 0.5 points of
